@@ -1,0 +1,409 @@
+//! Configuration from code and from `LASTCALL_*` variables, checked once: see [`Builder`].
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{ConfigError, Origin, Setting};
+use crate::shutdown::Shared;
+use crate::{Budget, Controller, Signal};
+
+/// Every environment variable the builder reads.
+pub(crate) const ENV_NAMES: [&str; 7] = [
+    "LASTCALL_BUDGET",
+    "LASTCALL_DRAIN_DELAY",
+    "LASTCALL_STOP_TIMEOUT",
+    "LASTCALL_FLUSH_TIMEOUT",
+    "LASTCALL_CLOSE_TIMEOUT",
+    "LASTCALL_SIGNALS",
+    "LASTCALL_FORCE_EXIT",
+];
+
+/// `LASTCALL_*` variables that belong to lastcall's tools, not to the controller; they are
+/// neither read nor rejected.
+const TOOL_NAMES: [&str; 1] = ["LASTCALL_REQUIRE_SERVICES"];
+
+/// Builds a [`Controller`]: settings from code, then `LASTCALL_*` environment variables over
+/// them, all checked in [`Builder::build`].
+///
+/// | variable | setting | default |
+/// |---|---|---|
+/// | `LASTCALL_BUDGET` | [`Builder::budget`] | `30s` |
+/// | `LASTCALL_DRAIN_DELAY` | [`Builder::drain_delay`] | `0s` |
+/// | `LASTCALL_STOP_TIMEOUT` | [`Builder::stop_timeout`] | `1s` |
+/// | `LASTCALL_FLUSH_TIMEOUT` | [`Builder::flush_timeout`] | `2s` |
+/// | `LASTCALL_CLOSE_TIMEOUT` | [`Builder::close_timeout`] | `5s` |
+/// | `LASTCALL_SIGNALS` | [`Builder::signals`] | `SIGTERM,SIGINT` |
+/// | `LASTCALL_FORCE_EXIT` | [`Builder::force_exit`] | `never` |
+///
+/// Durations are human durations (`25s`, `1500ms`, `1m 30s`). An unknown `LASTCALL_*`
+/// variable is an error (it is most often a typo that would silently change nothing); declare
+/// your own with [`Builder::allow_env`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lastcall::{Controller, Signal};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lastcall::error::ConfigError> {
+/// let controller = Controller::builder()
+///     .budget(Duration::from_secs(25))
+///     .drain_delay(Duration::from_secs(5))
+///     .signals([Signal::Terminate, Signal::Interrupt, Signal::Hangup])
+///     .build()?;
+/// # drop(controller);
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until built"]
+pub struct Builder {
+    budget: Budget,
+    origins: BTreeMap<Setting, Origin>,
+    signals: Vec<Signal>,
+    force: ForceExit,
+    watchdog: bool,
+    manual_readiness: bool,
+    env: EnvSource,
+    allowed: Vec<String>,
+}
+
+/// What a repeated interrupt does while a shutdown is already running.
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::ForceExit;
+///
+/// assert_eq!("second-interrupt".parse::<ForceExit>(), Ok(ForceExit::SecondInterrupt));
+/// assert_eq!(ForceExit::default(), ForceExit::Never);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForceExit {
+    /// Later signals are logged and recorded, and the shutdown carries on. A second `SIGTERM`
+    /// from an impatient orchestrator or an extra Ctrl+C never cuts in-flight work.
+    #[default]
+    Never,
+    /// A `SIGINT` received while the shutdown is running (the second Ctrl+C) ends the process
+    /// at once with status 130, after printing what was still active.
+    SecondInterrupt,
+}
+
+/// The error returned when a string is not a [`ForceExit`] policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseForceExitError(());
+
+enum EnvSource {
+    Process,
+    Vars(Vec<(String, OsString)>),
+    Ignore,
+}
+
+impl Builder {
+    pub(crate) fn new() -> Builder {
+        Builder {
+            budget: Budget::default(),
+            origins: BTreeMap::new(),
+            signals: Signal::DEFAULT.to_vec(),
+            force: ForceExit::Never,
+            watchdog: true,
+            manual_readiness: false,
+            env: EnvSource::Process,
+            allowed: Vec::new(),
+        }
+    }
+
+    /// The total deadline, counted from the trigger (`LASTCALL_BUDGET`, default 30 s). Set it
+    /// to the platform's grace period minus a margin.
+    pub fn budget(mut self, total: Duration) -> Builder {
+        self.budget.total = total;
+        self.set(Setting::Budget)
+    }
+
+    /// How long to keep serving after readiness flips, so balancers stop routing here
+    /// (`LASTCALL_DRAIN_DELAY`, default 0). A few seconds behind a balancer; 0 in tests.
+    pub fn drain_delay(mut self, delay: Duration) -> Builder {
+        self.budget.drain_delay = delay;
+        self.set(Setting::DrainDelay)
+    }
+
+    /// The cap for the stop-accepting phase (`LASTCALL_STOP_TIMEOUT`, default 1 s).
+    pub fn stop_timeout(mut self, cap: Duration) -> Builder {
+        self.budget.stop_accepting = cap;
+        self.set(Setting::StopTimeout)
+    }
+
+    /// The time reserved for flushing telemetry (`LASTCALL_FLUSH_TIMEOUT`, default 2 s).
+    pub fn flush_timeout(mut self, reserve: Duration) -> Builder {
+        self.budget.flush_telemetry = reserve;
+        self.set(Setting::FlushTimeout)
+    }
+
+    /// The time reserved for closing dependencies (`LASTCALL_CLOSE_TIMEOUT`, default 5 s).
+    pub fn close_timeout(mut self, reserve: Duration) -> Builder {
+        self.budget.close_dependencies = reserve;
+        self.set(Setting::CloseTimeout)
+    }
+
+    /// The signals that start the shutdown (`LASTCALL_SIGNALS`, default `SIGTERM,SIGINT`).
+    pub fn signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Builder {
+        self.signals = dedup(signals);
+        self.set(Setting::Signals)
+    }
+
+    /// What a repeated interrupt does (`LASTCALL_FORCE_EXIT`, default [`ForceExit::Never`]).
+    pub fn force_exit(mut self, policy: ForceExit) -> Builder {
+        self.force = policy;
+        self.set(Setting::ForceExit)
+    }
+
+    /// Whether a watchdog thread ends the process at the hard deadline (default `true`).
+    ///
+    /// Turn it off only where ending the process is not yours to do, such as a controller
+    /// embedded in a test harness.
+    pub fn watchdog(mut self, enabled: bool) -> Builder {
+        self.watchdog = enabled;
+        self
+    }
+
+    /// Leaves readiness at [`HealthState::Starting`](crate::HealthState::Starting) until the
+    /// application calls [`Health::set_ready`](crate::Health::set_ready). By default
+    /// [`Controller::run`] marks the service ready when it starts waiting for a trigger.
+    pub fn manual_readiness(mut self) -> Builder {
+        self.manual_readiness = true;
+        self
+    }
+
+    /// Reads the `LASTCALL_*` settings from these pairs instead of the process environment.
+    pub fn env_vars<K, V>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Builder
+    where
+        K: Into<String>,
+        V: Into<OsString>,
+    {
+        self.env = EnvSource::Vars(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Ignores `LASTCALL_*` environment variables: only code sets the configuration.
+    pub fn ignore_env(mut self) -> Builder {
+        self.env = EnvSource::Ignore;
+        self
+    }
+
+    /// Declares a `LASTCALL_*` variable that your application reads itself, so the builder
+    /// does not reject it as unknown.
+    pub fn allow_env(mut self, name: impl Into<String>) -> Builder {
+        self.allowed.push(name.into());
+        self
+    }
+
+    /// Checks the configuration, installs the signal handlers and returns the controller.
+    ///
+    /// Signal handlers are installed here, not in [`Controller::run`], so a signal that
+    /// arrives while the application is still starting is not lost.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting, the bad value and what would be valid: an
+    /// unparsable or zero duration, reserves that leave no time to wait for work, an unknown
+    /// `LASTCALL_*` variable, an empty signal set, a signal that cannot be listened for, or no
+    /// tokio runtime.
+    pub fn build(mut self) -> Result<Controller, ConfigError> {
+        self.apply_env()?;
+        if self.signals.is_empty() {
+            return Err(ConfigError::NoSignals {
+                origin: self.origin(Setting::Signals),
+            });
+        }
+        let origins = self.origins.clone();
+        let plan = self
+            .budget
+            .validate(&|s| origins.get(&s).copied().unwrap_or(Origin::Default))?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime);
+        }
+        let shared = Arc::new(Shared::new(plan, self.force, self.watchdog));
+        let on_signal = {
+            let shared = shared.clone();
+            Arc::new(move |signal| shared.on_signal(signal))
+        };
+        let listeners = crate::signal::listen(&self.signals, on_signal)
+            .map_err(|(signal, source)| ConfigError::Signal { signal, source })?;
+        tracing::debug!(
+            budget = ?self.budget,
+            signals = ?self.signals,
+            force_exit = ?self.force,
+            "shutdown controller ready"
+        );
+        Ok(Controller::new(shared, listeners, self.manual_readiness))
+    }
+
+    fn set(mut self, setting: Setting) -> Builder {
+        self.origins.insert(setting, Origin::Code);
+        self
+    }
+
+    fn origin(&self, setting: Setting) -> Origin {
+        self.origins
+            .get(&setting)
+            .copied()
+            .unwrap_or(Origin::Default)
+    }
+
+    fn apply_env(&mut self) -> Result<(), ConfigError> {
+        let vars: Vec<(String, OsString)> =
+            match std::mem::replace(&mut self.env, EnvSource::Ignore) {
+                EnvSource::Ignore => return Ok(()),
+                EnvSource::Vars(vars) => vars,
+                EnvSource::Process => std::env::vars_os()
+                    .map(|(k, v)| (k.to_string_lossy().into_owned(), v))
+                    .collect(),
+            };
+        let mut vars: Vec<_> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LASTCALL_"))
+            .collect();
+        // Sorted, so the first error reported does not depend on the environment's order.
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, value) in vars {
+            let Some(setting) = Setting::ALL.into_iter().find(|s| s.env_name() == name) else {
+                if TOOL_NAMES.contains(&name.as_str()) || self.allowed.contains(&name) {
+                    continue;
+                }
+                return Err(ConfigError::UnknownVariable {
+                    suggestion: suggest(&name),
+                    name,
+                });
+            };
+            let Some(value) = value.to_str() else {
+                return Err(ConfigError::NotUnicode { name });
+            };
+            self.apply(setting, value)?;
+            self.origins.insert(setting, Origin::Env);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, setting: Setting, value: &str) -> Result<(), ConfigError> {
+        let duration = |value: &str| {
+            humantime::parse_duration(value.trim()).map_err(|source| ConfigError::Unparsable {
+                setting,
+                value: value.to_owned(),
+                source,
+            })
+        };
+        match setting {
+            Setting::Budget => self.budget.total = duration(value)?,
+            Setting::DrainDelay => self.budget.drain_delay = duration(value)?,
+            Setting::StopTimeout => self.budget.stop_accepting = duration(value)?,
+            Setting::FlushTimeout => self.budget.flush_telemetry = duration(value)?,
+            Setting::CloseTimeout => self.budget.close_dependencies = duration(value)?,
+            Setting::Signals => {
+                let parsed: Result<Vec<Signal>, _> = value
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse)
+                    .collect();
+                self.signals = dedup(parsed.map_err(|_| ConfigError::Invalid {
+                    setting,
+                    value: value.to_owned(),
+                    expected: "a comma-separated list of SIGTERM, SIGINT, SIGHUP, SIGQUIT",
+                })?);
+            }
+            Setting::ForceExit => {
+                self.force = value.parse().map_err(|_| ConfigError::Invalid {
+                    setting,
+                    value: value.to_owned(),
+                    expected: "\"never\" or \"second-interrupt\"",
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("budget", &self.budget)
+            .field("signals", &self.signals)
+            .field("force", &self.force)
+            .field("watchdog", &self.watchdog)
+            .field("manual_readiness", &self.manual_readiness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::str::FromStr for ForceExit {
+    type Err = ParseForceExitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "never" | "off" | "false" | "0" => Ok(ForceExit::Never),
+            "second-interrupt" | "on" | "true" | "1" => Ok(ForceExit::SecondInterrupt),
+            _ => Err(ParseForceExitError(())),
+        }
+    }
+}
+
+impl fmt::Display for ParseForceExitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected \"never\" or \"second-interrupt\"")
+    }
+}
+
+impl std::error::Error for ParseForceExitError {}
+
+fn dedup(signals: impl IntoIterator<Item = Signal>) -> Vec<Signal> {
+    let mut out = Vec::new();
+    for s in signals {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The known variable closest to `name`, if it is within three edits.
+fn suggest(name: &str) -> Option<&'static str> {
+    ENV_NAMES
+        .iter()
+        .map(|known| (edit_distance(name, known), *known))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance; the names are short, so the quadratic table is fine.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_typos_get_a_suggestion() {
+        assert_eq!(suggest("LASTCALL_BUDGT"), Some("LASTCALL_BUDGET"));
+        assert_eq!(suggest("LASTCALL_DRAIN"), None);
+        assert_eq!(suggest("LASTCALL_DRAINDELAY"), Some("LASTCALL_DRAIN_DELAY"));
+    }
+}

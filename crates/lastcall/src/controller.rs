@@ -1,0 +1,412 @@
+//! The one shutdown flow of a process: see [`Controller`].
+
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
+use crate::shutdown::Shared;
+use crate::step::{run_steps, Step, StepResult};
+use crate::{Builder, Exit, Health, HealthState, Phase, Shutdown, Tracker, Trigger};
+
+/// How many active items a report lists (its `count` covers all of them).
+const REPORTED_ITEMS: usize = 50;
+
+/// Owns the shutdown flow: waits for the first trigger, then runs every phase in order within
+/// the budget, and returns the exit code.
+///
+/// Build one per process with [`Controller::builder`], hand [`Shutdown`] views to the
+/// components (listeners, workers, schedulers), register the steps to run while stopping
+/// ([`on_stop_accepting`](Controller::on_stop_accepting), [`flush`](Controller::flush),
+/// [`close`](Controller::close)), then await [`run`](Controller::run) at the end of `main`.
+///
+/// The flow, once triggered by a listened-for signal or a [`Trigger`]:
+///
+/// 1. **not ready**: readiness answers 503 from this instant;
+/// 2. **drain delay**: keep serving while balancers move away;
+/// 3. **stop accepting**: [`Shutdown::reached`]`(StopAccepting)` resolves, stop-accepting steps run;
+/// 4. **wait for work**: until the [`Tracker`] is empty, at most until the wait deadline;
+/// 5. **flush telemetry**: flush steps, in order, each bounded;
+/// 6. **close dependencies**: close steps, in order, each bounded;
+/// 7. **exit**: the [`Report`] is logged and recorded, the exit code returned.
+///
+/// However many signals arrive, exactly one flow runs and every step runs at most once (steps
+/// are `FnOnce`). The watchdog thread ends the process at the end of the budget even if the
+/// async runtime is blocked.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::process::ExitCode;
+/// use std::time::Duration;
+/// use lastcall::{Controller, Phase};
+///
+/// #[tokio::main]
+/// async fn main() -> ExitCode {
+///     let controller = match Controller::builder().build() {
+///         Ok(controller) => controller,
+///         Err(err) => {
+///             eprintln!("lastcall: {err}");
+///             return err.exit_code();
+///         }
+///     };
+///     let shutdown = controller.shutdown();
+///     tokio::spawn(async move {
+///         loop {
+///             tokio::select! {
+///                 _ = shutdown.reached(Phase::StopAccepting) => break,
+///                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
+///                     let _job = shutdown.tracker().job("tick");
+///                     // ... do one unit of work while holding the guard ...
+///                 }
+///             }
+///         }
+///     });
+///     controller.close("database", Duration::from_secs(3), || async {
+///         // pool.close().await
+///     });
+///     controller.run().await
+/// }
+/// ```
+pub struct Controller {
+    shared: Arc<Shared>,
+    steps: Mutex<Vec<Step>>,
+    manual_readiness: bool,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+impl Controller {
+    /// A builder with the default configuration, which reads `LASTCALL_*` variables when built.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// The controller configured by defaults and `LASTCALL_*` variables alone.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::build`].
+    pub fn from_env() -> Result<Controller, crate::error::ConfigError> {
+        Builder::new().build()
+    }
+
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        listeners: Vec<JoinHandle<()>>,
+        manual_readiness: bool,
+    ) -> Controller {
+        Controller {
+            shared,
+            steps: Mutex::new(Vec::new()),
+            manual_readiness,
+            listeners,
+        }
+    }
+
+    /// A view of the shutdown for components: phases, tracker, health.
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A handle that starts the shutdown from code.
+    pub fn trigger(&self) -> Trigger {
+        Trigger {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The work tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.shared.tracker
+    }
+
+    /// The health state.
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// Registers a step for the stop-accepting phase: close a listener, stop claiming jobs,
+    /// stop a scheduler.
+    ///
+    /// Steps of a phase run one after the other in registration order. Each gets
+    /// `min(timeout, time left in the phase)`; a zero `timeout` means "whatever the phase has
+    /// left". A step that fails, times out or panics is recorded in the report, makes the exit
+    /// code [`Exit::CleanupFailed`], and does not stop the steps after it. The closure is
+    /// called once, when the step's turn comes.
+    pub fn on_stop_accepting<F, Fut>(&self, name: impl Into<String>, timeout: Duration, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: StepResult,
+    {
+        self.register(Step::new(Phase::StopAccepting, name, timeout, f));
+    }
+
+    /// Registers a step for the flush-telemetry phase: logs, metrics, traces, audit events.
+    /// Runs as described in [`Controller::on_stop_accepting`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lastcall::Controller;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let controller = Controller::builder().build().unwrap();
+    /// controller.flush("audit log", Duration::from_millis(500), || async {
+    ///     // audit.flush().await
+    /// });
+    /// # }
+    /// ```
+    pub fn flush<F, Fut>(&self, name: impl Into<String>, timeout: Duration, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: StepResult,
+    {
+        self.register(Step::new(Phase::FlushTelemetry, name, timeout, f));
+    }
+
+    /// Registers a step for the close-dependencies phase: brokers, caches, databases, in the
+    /// order registered. Runs as described in [`Controller::on_stop_accepting`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lastcall::Controller;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let controller = Controller::builder().build().unwrap();
+    /// controller.close("broker", Duration::from_secs(2), || async {
+    ///     Ok::<(), std::io::Error>(())
+    /// });
+    /// controller.close("database", Duration::from_secs(3), || async {});
+    /// # }
+    /// ```
+    pub fn close<F, Fut>(&self, name: impl Into<String>, timeout: Duration, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: StepResult,
+    {
+        self.register(Step::new(Phase::CloseDependencies, name, timeout, f));
+    }
+
+    /// Waits for the first trigger, runs the shutdown, logs the report and returns the exit
+    /// code to return from `main`.
+    ///
+    /// Unless [`Builder::manual_readiness`] was set, the service is marked ready when this
+    /// starts waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future mid-shutdown abandons the remaining phases (the
+    /// watchdog still ends the process at the deadline). Await it to the end.
+    pub async fn run(self) -> ExitCode {
+        self.run_with_report().await.exit_code()
+    }
+
+    /// As [`Controller::run`], but returns the whole [`Report`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`Controller::run`].
+    pub async fn run_with_report(self) -> Report {
+        let shared = self.shared.clone();
+        if !self.manual_readiness {
+            shared.health.set_ready();
+        }
+        shared.token_ref(Phase::NotReady).cancelled().await;
+        let first = shared.first().expect(
+            "the not-ready token is cancelled only by the first trigger, after it is recorded",
+        );
+        let t0 = first.at;
+        let plan = shared.plan;
+        let mut steps =
+            std::mem::take(&mut *self.steps.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut take_steps = |phase: Phase| -> Vec<Step> {
+            let (these, rest) = std::mem::take(&mut steps)
+                .into_iter()
+                .partition(|s| s.phase == phase);
+            steps = rest;
+            these
+        };
+        let mut flow = Flow {
+            t0,
+            shared: &shared,
+            phases: Vec::with_capacity(6),
+            steps: Vec::new(),
+        };
+
+        flow.record(Phase::NotReady, t0, PhaseOutcome::Completed);
+
+        let started = flow.begin(Phase::DrainDelay);
+        tokio::time::sleep_until(t0 + plan.deadline(Phase::DrainDelay)).await;
+        flow.record(Phase::DrainDelay, started, PhaseOutcome::Completed);
+
+        flow.run_phase(Phase::StopAccepting, take_steps(Phase::StopAccepting))
+            .await;
+
+        let started = flow.begin(Phase::WaitForWork);
+        let wait_deadline = t0 + plan.deadline(Phase::WaitForWork);
+        let work_at_deadline =
+            match tokio::time::timeout_at(wait_deadline, shared.tracker.wait_idle()).await {
+                Ok(()) => {
+                    flow.record(Phase::WaitForWork, started, PhaseOutcome::Completed);
+                    None
+                }
+                Err(_) => {
+                    let active = shared.tracker.active().keep_oldest(REPORTED_ITEMS);
+                    tracing::warn!(
+                        count = active.count,
+                        oldest_ms = active.oldest.map_or(0, |d| d.as_millis() as u64),
+                        active = %active,
+                        "wait-for-work deadline reached with work still active"
+                    );
+                    flow.record(Phase::WaitForWork, started, PhaseOutcome::DeadlineReached);
+                    Some(active)
+                }
+            };
+
+        flow.run_phase(Phase::FlushTelemetry, take_steps(Phase::FlushTelemetry))
+            .await;
+        flow.run_phase(
+            Phase::CloseDependencies,
+            take_steps(Phase::CloseDependencies),
+        )
+        .await;
+
+        shared.enter(Phase::Exit);
+        shared.health.advance(HealthState::Stopped);
+        shared.disarm_watchdog();
+
+        let cleanup_failed = flow
+            .steps
+            .iter()
+            .any(|s| s.outcome != crate::StepOutcome::Ok);
+        let exit = if work_at_deadline.is_some() {
+            Exit::WorkCut
+        } else if cleanup_failed {
+            Exit::CleanupFailed
+        } else if matches!(first.cause, TriggerCause::Fatal { .. }) {
+            Exit::Fatal
+        } else {
+            Exit::Clean
+        };
+        let report = Report {
+            trigger: first.cause,
+            later_signals: shared.later_signals(),
+            budget: *plan.budget(),
+            phases: flow.phases,
+            steps: flow.steps,
+            work_at_deadline,
+            rejected_while_draining: shared.rejected(),
+            total: t0.elapsed(),
+            exit,
+            exit_code: exit.code(),
+        };
+        log(&report);
+        #[cfg(feature = "metrics")]
+        crate::metrics::record(&report);
+        report
+    }
+
+    fn register(&self, step: Step) {
+        if self.shared.phase() >= step.phase {
+            tracing::warn!(step = %step.name, phase = %step.phase, "step registered after its phase began; it will not run");
+        }
+        self.steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(step);
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        for listener in &self.listeners {
+            listener.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("phase", &self.shared.phase())
+            .field("budget", self.shared.plan.budget())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bookkeeping of one running flow.
+struct Flow<'a> {
+    t0: Instant,
+    shared: &'a Shared,
+    phases: Vec<PhaseReport>,
+    steps: Vec<StepReport>,
+}
+
+impl Flow<'_> {
+    fn begin(&self, phase: Phase) -> Instant {
+        let now = Instant::now();
+        self.shared.enter(phase);
+        tracing::info!(
+            phase = %phase,
+            since_trigger_ms = (now - self.t0).as_millis() as u64,
+            deadline_ms = self.shared.plan.deadline(phase).as_millis() as u64,
+            "shutdown phase started"
+        );
+        now
+    }
+
+    fn record(&mut self, phase: Phase, started: Instant, outcome: PhaseOutcome) {
+        self.phases.push(PhaseReport {
+            phase,
+            started: started - self.t0,
+            duration: started.elapsed(),
+            deadline: self.shared.plan.deadline(phase),
+            outcome,
+        });
+    }
+
+    async fn run_phase(&mut self, phase: Phase, steps: Vec<Step>) {
+        let started = self.begin(phase);
+        let deadline = self.t0 + self.shared.plan.deadline(phase);
+        let ok = run_steps(self.shared, steps, deadline, &mut self.steps).await;
+        let outcome = if ok {
+            PhaseOutcome::Completed
+        } else {
+            PhaseOutcome::StepsFailed
+        };
+        self.record(phase, started, outcome);
+    }
+}
+
+/// Logs the report as one summary event.
+fn log(report: &Report) {
+    let json = report.to_json();
+    if report.exit.is_clean() {
+        tracing::info!(
+            target: "lastcall::report",
+            exit_code = report.exit_code,
+            trigger = %report.trigger,
+            total_ms = report.total.as_millis() as u64,
+            report = %json,
+            "shutdown finished: {}", report.exit.describe()
+        );
+    } else {
+        tracing::warn!(
+            target: "lastcall::report",
+            exit_code = report.exit_code,
+            trigger = %report.trigger,
+            total_ms = report.total.as_millis() as u64,
+            report = %json,
+            "shutdown finished: {}", report.exit.describe()
+        );
+    }
+}

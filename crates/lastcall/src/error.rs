@@ -1,0 +1,257 @@
+//! Errors returned by lastcall.
+//!
+//! Configuration is checked once, when the [`Controller`](crate::Controller) is built, so a bad
+//! setting stops the process at startup instead of surprising it at shutdown. Failures *during*
+//! a shutdown are not errors: they are recorded in the [`Report`](crate::Report) and reflected
+//! in the [`Exit`](crate::Exit) code.
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use humantime::format_duration;
+
+use crate::{Budget, Exit, Signal};
+
+/// A setting of the controller, named in configuration errors.
+///
+/// Each setting can be given in code (a [`Builder`](crate::Builder) method) or through its
+/// environment variable; environment variables override code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// `LASTCALL_BUDGET`, [`Builder::budget`](crate::Builder::budget).
+    Budget,
+    /// `LASTCALL_DRAIN_DELAY`, [`Builder::drain_delay`](crate::Builder::drain_delay).
+    DrainDelay,
+    /// `LASTCALL_STOP_TIMEOUT`, [`Builder::stop_timeout`](crate::Builder::stop_timeout).
+    StopTimeout,
+    /// `LASTCALL_FLUSH_TIMEOUT`, [`Builder::flush_timeout`](crate::Builder::flush_timeout).
+    FlushTimeout,
+    /// `LASTCALL_CLOSE_TIMEOUT`, [`Builder::close_timeout`](crate::Builder::close_timeout).
+    CloseTimeout,
+    /// `LASTCALL_SIGNALS`, [`Builder::signals`](crate::Builder::signals).
+    Signals,
+    /// `LASTCALL_FORCE_EXIT`, [`Builder::force_exit`](crate::Builder::force_exit).
+    ForceExit,
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A [`Builder`](crate::Builder) method.
+    Code,
+    /// The setting's environment variable.
+    Env,
+}
+
+/// A configuration the controller refuses to run with.
+///
+/// Every variant names the setting, the bad value and what would be valid. Print it and exit
+/// with [`ConfigError::exit_code`] (78, [`Exit::Config`]).
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::{error::{ConfigError, Setting}, Controller};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let err = Controller::builder()
+///     .env_vars([("LASTCALL_BUDGET", "soon")])
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, ConfigError::Unparsable { setting: Setting::Budget, .. }));
+/// assert!(err.to_string().contains("LASTCALL_BUDGET=\"soon\""));
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An environment variable's value is not a duration.
+    #[error("{}={value:?} is not a duration: {source}; use a number and a unit, like \"30s\" or \"1500ms\"", setting.env_name())]
+    Unparsable {
+        /// The setting.
+        setting: Setting,
+        /// The value as given.
+        value: String,
+        /// Why it did not parse.
+        #[source]
+        source: humantime::DurationError,
+    },
+    /// An environment variable's value is not one of the accepted words.
+    #[error("{}={value:?} is not valid: expected {expected}", setting.env_name())]
+    Invalid {
+        /// The setting.
+        setting: Setting,
+        /// The value as given.
+        value: String,
+        /// What would be valid.
+        expected: &'static str,
+    },
+    /// A `LASTCALL_*` environment variable's value is not valid unicode.
+    #[error("{name} is not valid unicode; set it to a plain ASCII value")]
+    NotUnicode {
+        /// The variable's name.
+        name: String,
+    },
+    /// A `LASTCALL_*` environment variable that no setting reads: most often a typo.
+    #[error("unknown variable {name}{}; the variables read are {}", suggestion.map(|s| format!(" (did you mean {s}?)")).unwrap_or_default(), crate::builder::ENV_NAMES.join(", "))]
+    UnknownVariable {
+        /// The variable's name.
+        name: String,
+        /// The closest known name, if one is close.
+        suggestion: Option<&'static str>,
+    },
+    /// A duration that must be positive is zero.
+    #[error("{} is zero; it must be greater than zero (for example \"{}\")", Named(*setting, *origin), setting.example())]
+    Zero {
+        /// The setting.
+        setting: Setting,
+        /// Where the value came from.
+        origin: Origin,
+    },
+    /// A duration is below its minimum.
+    #[error("{} is {}; it must be more than {}", Named(*setting, *origin), format_duration(*value), format_duration(*minimum))]
+    TooShort {
+        /// The setting.
+        setting: Setting,
+        /// Where the value came from.
+        origin: Origin,
+        /// The value given.
+        value: Duration,
+        /// The exclusive minimum.
+        minimum: Duration,
+    },
+    /// The drain delay and the phase reserves add up to the whole budget or more, leaving no
+    /// time to wait for in-flight work.
+    #[error(
+        "the reserves leave no time to wait for work: LASTCALL_DRAIN_DELAY ({}) + LASTCALL_STOP_TIMEOUT ({}) + LASTCALL_FLUSH_TIMEOUT ({}) + LASTCALL_CLOSE_TIMEOUT ({}) = {} is not less than {} ({}); raise the budget above {} or lower the reserves",
+        format_duration(budget.drain_delay), format_duration(budget.stop_accepting),
+        format_duration(budget.flush_telemetry), format_duration(budget.close_dependencies),
+        format_duration(*reserved), Named(Setting::Budget, *budget_origin), format_duration(budget.total),
+        format_duration(*reserved)
+    )]
+    ReservesExceedBudget {
+        /// The budget as configured.
+        budget: Budget,
+        /// The sum of the drain delay and the reserves.
+        reserved: Duration,
+        /// Where the total budget came from.
+        budget_origin: Origin,
+    },
+    /// The set of signals is empty, so nothing but code could start the shutdown.
+    #[error("{} is empty; list at least one of SIGTERM, SIGINT, SIGHUP, SIGQUIT", Named(Setting::Signals, *origin))]
+    NoSignals {
+        /// Where the empty set came from.
+        origin: Origin,
+    },
+    /// Installing a signal handler failed.
+    #[error("cannot listen for {signal}: {source}")]
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The controller was built outside a tokio runtime, so it cannot listen for signals.
+    #[error(
+        "Builder::build must be called inside a tokio runtime (for example from #[tokio::main])"
+    )]
+    NoRuntime,
+}
+
+impl ConfigError {
+    /// The exit status for a configuration error: 78 ([`Exit::Config`]).
+    pub fn exit_code(&self) -> ExitCode {
+        Exit::Config.into()
+    }
+
+    /// The setting at fault, where there is one.
+    pub fn setting(&self) -> Option<Setting> {
+        match self {
+            ConfigError::Unparsable { setting, .. }
+            | ConfigError::Invalid { setting, .. }
+            | ConfigError::Zero { setting, .. }
+            | ConfigError::TooShort { setting, .. } => Some(*setting),
+            ConfigError::ReservesExceedBudget { .. } => Some(Setting::Budget),
+            ConfigError::NoSignals { .. } | ConfigError::Signal { .. } => Some(Setting::Signals),
+            ConfigError::NotUnicode { .. }
+            | ConfigError::UnknownVariable { .. }
+            | ConfigError::NoRuntime => None,
+        }
+    }
+}
+
+impl Setting {
+    /// Every setting.
+    pub const ALL: [Setting; 7] = [
+        Setting::Budget,
+        Setting::DrainDelay,
+        Setting::StopTimeout,
+        Setting::FlushTimeout,
+        Setting::CloseTimeout,
+        Setting::Signals,
+        Setting::ForceExit,
+    ];
+
+    /// The environment variable that sets it.
+    pub const fn env_name(self) -> &'static str {
+        match self {
+            Setting::Budget => "LASTCALL_BUDGET",
+            Setting::DrainDelay => "LASTCALL_DRAIN_DELAY",
+            Setting::StopTimeout => "LASTCALL_STOP_TIMEOUT",
+            Setting::FlushTimeout => "LASTCALL_FLUSH_TIMEOUT",
+            Setting::CloseTimeout => "LASTCALL_CLOSE_TIMEOUT",
+            Setting::Signals => "LASTCALL_SIGNALS",
+            Setting::ForceExit => "LASTCALL_FORCE_EXIT",
+        }
+    }
+
+    /// The [`Builder`](crate::Builder) method that sets it.
+    pub const fn method(self) -> &'static str {
+        match self {
+            Setting::Budget => "Builder::budget",
+            Setting::DrainDelay => "Builder::drain_delay",
+            Setting::StopTimeout => "Builder::stop_timeout",
+            Setting::FlushTimeout => "Builder::flush_timeout",
+            Setting::CloseTimeout => "Builder::close_timeout",
+            Setting::Signals => "Builder::signals",
+            Setting::ForceExit => "Builder::force_exit",
+        }
+    }
+
+    const fn example(self) -> &'static str {
+        match self {
+            Setting::Budget => "30s",
+            Setting::DrainDelay => "5s",
+            Setting::StopTimeout => "1s",
+            Setting::FlushTimeout => "2s",
+            Setting::CloseTimeout => "5s",
+            Setting::Signals => "SIGTERM,SIGINT",
+            Setting::ForceExit => "never",
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.env_name())
+    }
+}
+
+/// A setting named the way its user set it.
+struct Named(Setting, Origin);
+
+impl fmt::Display for Named {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Origin::Env => f.write_str(self.0.env_name()),
+            Origin::Code => write!(f, "{} (set by {})", self.0.env_name(), self.0.method()),
+            Origin::Default => write!(f, "{} (default)", self.0.env_name()),
+        }
+    }
+}

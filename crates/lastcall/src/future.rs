@@ -1,0 +1,80 @@
+//! Named futures returned by lastcall's async methods.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::Phase;
+
+pin_project_lite::pin_project! {
+    /// Resolves when the shutdown has reached a phase; returned by
+    /// [`Shutdown::reached`](crate::Shutdown::reached).
+    ///
+    /// It is `Send + 'static`, so it can be handed to any API that takes a shutdown future,
+    /// such as axum's `with_graceful_shutdown` or hyper-util's `GracefulShutdown`.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct PhaseReached {
+        phase: Phase,
+        #[pin]
+        inner: WaitForCancellationFutureOwned,
+    }
+}
+
+/// Resolves when a [`Tracker`](crate::Tracker) has no active work; returned by
+/// [`Tracker::wait_idle`](crate::Tracker::wait_idle).
+#[must_use = "futures do nothing unless polled"]
+pub struct Idle {
+    inner: Pin<Box<dyn Future<Output = ()> + Send + 'static>>,
+}
+
+impl PhaseReached {
+    pub(crate) fn new(phase: Phase, inner: WaitForCancellationFutureOwned) -> PhaseReached {
+        PhaseReached { phase, inner }
+    }
+
+    /// The phase this future waits for.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+}
+
+impl Future for PhaseReached {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl fmt::Debug for PhaseReached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PhaseReached")
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Idle {
+    pub(crate) fn new(inner: impl Future<Output = ()> + Send + 'static) -> Idle {
+        Idle {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl Future for Idle {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Idle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idle").finish_non_exhaustive()
+    }
+}

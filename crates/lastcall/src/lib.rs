@@ -1,0 +1,83 @@
+//! The graceful-shutdown control plane for tokio services.
+//!
+//! A deploy, a scale-down or a restart ends with a signal. `lastcall` turns it into an orderly,
+//! bounded sequence, one flow per process:
+//!
+//! readiness flips → drain delay (still serving) → stop accepting → wait for in-flight work →
+//! flush telemetry → close dependencies → exit with a code that tells the truth, plus a
+//! [`Report`] of what happened and what was left behind.
+//!
+//! The pieces:
+//!
+//! - [`Controller`] owns the flow; [`Builder`] configures it from code and `LASTCALL_*`
+//!   variables, checked at startup ([`error::ConfigError`]).
+//! - [`Shutdown`] lets components observe it ([`Shutdown::reached`]), [`Trigger`] starts it
+//!   from code.
+//! - [`Tracker`] counts in-flight work through [`WorkGuard`]s; waiting for it is event-driven.
+//! - [`Health`] is the readiness/liveness state the HTTP layer serves.
+//! - [`Budget`] splits one deadline into per-phase windows ([`Plan`]); a watchdog thread
+//!   enforces the end of it even when the async runtime is blocked.
+//! - [`Report`] and [`Exit`] say how it went.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//! use std::time::Duration;
+//! use lastcall::{Controller, Phase};
+//!
+//! #[tokio::main]
+//! async fn main() -> ExitCode {
+//!     let controller = match Controller::from_env() {
+//!         Ok(c) => c,
+//!         Err(err) => {
+//!             eprintln!("lastcall: {err}");
+//!             return err.exit_code();
+//!         }
+//!     };
+//!     let shutdown = controller.shutdown();
+//!     tokio::spawn(async move {
+//!         let _job = shutdown.tracker().job("nightly-report");
+//!         tokio::select! {
+//!             _ = tokio::time::sleep(Duration::from_secs(2)) => {} // finished
+//!             _ = shutdown.reached(Phase::FlushTelemetry) => {}    // cut at the deadline
+//!         }
+//!     });
+//!     controller.close("database", Duration::from_secs(3), || async {});
+//!     controller.run().await
+//! }
+//! ```
+#![deny(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![doc(test(attr(deny(warnings))))]
+
+mod budget;
+mod builder;
+mod controller;
+mod exit;
+mod health;
+#[cfg(feature = "metrics")]
+mod metrics;
+mod phase;
+mod report;
+mod shutdown;
+mod signal;
+mod step;
+mod tracker;
+mod watchdog;
+
+pub mod error;
+pub mod future;
+
+pub use budget::{Budget, Plan, Window};
+pub use builder::{Builder, ForceExit, ParseForceExitError};
+pub use controller::Controller;
+pub use exit::Exit;
+pub use health::{Health, HealthState};
+pub use phase::Phase;
+pub use report::{
+    LaterSignal, PhaseOutcome, PhaseReport, Report, StepOutcome, StepReport, TriggerCause,
+};
+pub use shutdown::{Shutdown, Trigger};
+pub use signal::{ParseSignalError, Signal};
+pub use step::{BoxError, StepResult};
+pub use tracker::{ActiveWork, KindCounts, Tracker, WorkGuard, WorkItem, WorkKind};

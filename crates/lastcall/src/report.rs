@@ -1,0 +1,286 @@
+//! What happened during one shutdown: see [`Report`].
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ActiveWork, Budget, Exit, Phase, Signal};
+
+/// The structured record of one shutdown: what triggered it, how each phase went, what was
+/// left behind, and the exit code.
+///
+/// The controller logs it through `tracing` as one summary event (target `lastcall::report`),
+/// records it through the `metrics` facade (feature `metrics`), and returns it from
+/// [`Controller::run_with_report`](crate::Controller::run_with_report). It serializes to a
+/// stable JSON shape: durations are milliseconds in fields ending in `_ms`, offsets are counted
+/// from the trigger.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lastcall::{Controller, Exit};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let controller = Controller::builder().budget(Duration::from_secs(10)).build().unwrap();
+/// controller.trigger().trigger("admin request");
+/// let report = controller.run_with_report().await;
+/// assert_eq!(report.exit, Exit::Clean);
+/// let json = report.to_json();
+/// assert!(json.contains("\"exit\":\"clean\""));
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// What started the shutdown.
+    pub trigger: TriggerCause,
+    /// Signals and triggers that arrived after the first one; none of them started a flow.
+    pub later_signals: Vec<LaterSignal>,
+    /// The budget the shutdown ran under.
+    pub budget: Budget,
+    /// Each phase from [`Phase::NotReady`] to [`Phase::CloseDependencies`], in order.
+    pub phases: Vec<PhaseReport>,
+    /// Every stop-accepting, flush and close step, in the order they ran.
+    pub steps: Vec<StepReport>,
+    /// The work still active at the wait-for-work deadline, if any was (oldest first, at most
+    /// 50 items; `count` covers all).
+    pub work_at_deadline: Option<ActiveWork>,
+    /// Requests or claims turned away while draining, as counted by
+    /// [`Shutdown::record_rejection`](crate::Shutdown::record_rejection).
+    pub rejected_while_draining: u64,
+    /// From the trigger to the end of the report.
+    #[serde(with = "millis", rename = "total_ms")]
+    pub total: Duration,
+    /// The outcome.
+    pub exit: Exit,
+    /// The outcome's exit status.
+    pub exit_code: u8,
+}
+
+/// What started a shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TriggerCause {
+    /// An operating-system signal.
+    Signal {
+        /// The signal.
+        signal: Signal,
+    },
+    /// [`Trigger::trigger`](crate::Trigger::trigger): an admin call or a planned stop.
+    Requested {
+        /// The reason given.
+        reason: String,
+    },
+    /// [`Trigger::fatal`](crate::Trigger::fatal): the service cannot go on.
+    Fatal {
+        /// The reason given.
+        reason: String,
+    },
+}
+
+/// A signal or trigger that arrived while a shutdown was already running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaterSignal {
+    /// What arrived.
+    pub cause: TriggerCause,
+    /// When, counted from the first trigger.
+    #[serde(with = "millis", rename = "at_ms")]
+    pub at: Duration,
+    /// The phase the shutdown was in.
+    pub phase: Phase,
+}
+
+/// How one phase went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    /// The phase.
+    pub phase: Phase,
+    /// When it started, counted from the trigger.
+    #[serde(with = "millis", rename = "started_ms")]
+    pub started: Duration,
+    /// How long it took.
+    #[serde(with = "millis", rename = "duration_ms")]
+    pub duration: Duration,
+    /// Its deadline, counted from the trigger.
+    #[serde(with = "millis", rename = "deadline_ms")]
+    pub deadline: Duration,
+    /// How it ended.
+    pub outcome: PhaseOutcome,
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PhaseOutcome {
+    /// Everything in it finished in time.
+    Completed,
+    /// Its deadline passed with work still active (wait for work).
+    DeadlineReached,
+    /// At least one of its steps failed, timed out or panicked.
+    StepsFailed,
+}
+
+/// How one stop-accepting, flush or close step went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// The step's name, as registered.
+    pub name: String,
+    /// The phase it ran in.
+    pub phase: Phase,
+    /// The time it was given: `min(its timeout, time left in its phase)`.
+    #[serde(with = "millis", rename = "timeout_ms")]
+    pub timeout: Duration,
+    /// How long it ran.
+    #[serde(with = "millis", rename = "duration_ms")]
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: StepOutcome,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StepOutcome {
+    /// It finished in time.
+    Ok,
+    /// It returned an error.
+    Failed {
+        /// The error and its sources, joined with `: `.
+        error: String,
+    },
+    /// It did not finish within its timeout and was cancelled.
+    TimedOut,
+    /// It panicked.
+    Panicked {
+        /// The panic message, when it was a string.
+        message: String,
+    },
+}
+
+impl Report {
+    /// The exit status for this shutdown.
+    pub fn exit_code(&self) -> ExitCode {
+        self.exit.into()
+    }
+
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs, strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The report of `phase`, if it ran.
+    pub fn phase(&self, phase: Phase) -> Option<&PhaseReport> {
+        self.phases.iter().find(|p| p.phase == phase)
+    }
+
+    /// The steps that did not end [`StepOutcome::Ok`].
+    pub fn failed_steps(&self) -> impl Iterator<Item = &StepReport> {
+        self.steps.iter().filter(|s| s.outcome != StepOutcome::Ok)
+    }
+}
+
+impl fmt::Display for Report {
+    /// A human-readable summary, one line per phase and failed step.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "shutdown ({}) finished in {}ms: {}",
+            self.trigger,
+            self.total.as_millis(),
+            self.exit
+        )?;
+        for p in &self.phases {
+            writeln!(
+                f,
+                "  {:<19} +{:>6}ms  took {:>6}ms  (deadline +{}ms)  {:?}",
+                p.phase.as_str(),
+                p.started.as_millis(),
+                p.duration.as_millis(),
+                p.deadline.as_millis(),
+                p.outcome
+            )?;
+        }
+        for s in self.failed_steps() {
+            writeln!(f, "  step {:?} ({}) {}", s.name, s.phase, s.outcome)?;
+        }
+        if let Some(work) = &self.work_at_deadline {
+            writeln!(f, "  cut at the wait deadline: {work}")?;
+        }
+        for later in &self.later_signals {
+            writeln!(
+                f,
+                "  later: {} at +{}ms during {}",
+                later.cause,
+                later.at.as_millis(),
+                later.phase
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for TriggerCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TriggerCause::Signal { signal } => write!(f, "{signal}"),
+            TriggerCause::Requested { reason } => write!(f, "requested: {reason}"),
+            TriggerCause::Fatal { reason } => write!(f, "fatal: {reason}"),
+        }
+    }
+}
+
+impl fmt::Display for StepOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepOutcome::Ok => f.write_str("ok"),
+            StepOutcome::Failed { error } => write!(f, "failed: {error}"),
+            StepOutcome::TimedOut => f.write_str("timed out"),
+            StepOutcome::Panicked { message } => write!(f, "panicked: {message}"),
+        }
+    }
+}
+
+/// Serializes a [`Duration`] as milliseconds with microsecond precision.
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_micros() as f64) / 1000.0)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serializes an optional [`Duration`] as milliseconds or `null`.
+pub(crate) mod millis_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::millis::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|ms| Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

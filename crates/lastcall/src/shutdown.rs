@@ -1,0 +1,308 @@
+//! The handles onto a running shutdown: [`Shutdown`] observes it, [`Trigger`] starts it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::builder::ForceExit;
+use crate::future::PhaseReached;
+use crate::report::{LaterSignal, TriggerCause};
+use crate::watchdog::Watchdog;
+use crate::{Health, HealthState, Phase, Plan, Signal, Tracker};
+
+/// A cloneable view of the shutdown, for the components that must react to it.
+///
+/// It observes: which phase the shutdown is in, futures that resolve when a phase is reached,
+/// the work [`Tracker`] and the [`Health`] state. It cannot start the shutdown; that is what a
+/// [`Trigger`] is for, so a component that only needs to stop accepting cannot end the process.
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::{Controller, Phase};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let controller = Controller::builder().build().unwrap();
+/// let shutdown = controller.shutdown();
+///
+/// let listener = tokio::spawn({
+///     let shutdown = shutdown.clone();
+///     async move {
+///         // accept connections until the listener must close
+///         shutdown.reached(Phase::StopAccepting).await;
+///     }
+/// });
+///
+/// controller.trigger().trigger("test");
+/// controller.run().await;
+/// listener.await.unwrap();
+/// assert_eq!(shutdown.phase(), Phase::Exit);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Shutdown {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Starts the shutdown from code: a fatal error, an admin endpoint, the end of a batch.
+///
+/// Every clone can fire once (`trigger` consumes it); only the first trigger in the process,
+/// whether a signal or a call, starts the flow. Later ones are recorded in the report's
+/// `later_signals` and change nothing.
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::{Controller, Exit};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let controller = Controller::builder().build().unwrap();
+/// let trigger = controller.trigger();
+/// tokio::spawn(async move {
+///     // a background task hit an unrecoverable error
+///     trigger.fatal("database schema is newer than this binary");
+/// });
+/// let report = controller.run_with_report().await;
+/// assert_eq!(report.exit, Exit::Fatal);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Trigger {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// The state every handle shares.
+pub(crate) struct Shared {
+    pub(crate) tracker: Tracker,
+    pub(crate) health: Health,
+    pub(crate) plan: Plan,
+    pub(crate) force: ForceExit,
+    pub(crate) watchdog: bool,
+    phase: AtomicU8,
+    /// One token per phase, cancelled when the phase is entered.
+    tokens: [CancellationToken; 8],
+    fired: Mutex<Fired>,
+    rejected: AtomicU64,
+    /// The step running now, so the watchdog can name the dependency that hung.
+    current_step: Mutex<Option<(Phase, String)>>,
+}
+
+#[derive(Default)]
+struct Fired {
+    first: Option<First>,
+    later: Vec<LaterSignal>,
+    watchdog: Option<Watchdog>,
+}
+
+#[derive(Clone)]
+pub(crate) struct First {
+    pub(crate) cause: TriggerCause,
+    pub(crate) at: tokio::time::Instant,
+    pub(crate) at_std: std::time::Instant,
+}
+
+impl Shutdown {
+    /// The phase the shutdown is in; [`Phase::Running`] until it is triggered.
+    pub fn phase(&self) -> Phase {
+        self.shared.phase()
+    }
+
+    /// Whether the shutdown has been triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.phase() > Phase::Running
+    }
+
+    /// Resolves once the shutdown has reached `phase` (at once if it already has).
+    ///
+    /// `reached(Phase::NotReady)` resolves when the shutdown is triggered,
+    /// `reached(Phase::StopAccepting)` when listeners must close.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits, and a new call resolves the same way.
+    pub fn reached(&self, phase: Phase) -> PhaseReached {
+        PhaseReached::new(
+            phase,
+            self.shared.tokens[phase.index()].clone().cancelled_owned(),
+        )
+    }
+
+    /// A cancellation token cancelled when the shutdown reaches `phase`, for code that takes a
+    /// [`CancellationToken`]. Cancelling it yourself does not affect the shutdown.
+    pub fn token(&self, phase: Phase) -> CancellationToken {
+        self.shared.tokens[phase.index()].child_token()
+    }
+
+    /// The work tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.shared.tracker
+    }
+
+    /// The health state.
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// The phase windows of this shutdown's budget.
+    pub fn plan(&self) -> &Plan {
+        &self.shared.plan
+    }
+
+    /// The instant `phase` must end by, once the shutdown has been triggered.
+    pub fn deadline(&self, phase: Phase) -> Option<tokio::time::Instant> {
+        let first = self.shared.first()?;
+        Some(first.at + self.shared.plan.deadline(phase))
+    }
+
+    /// Counts one request or claim turned away because the service is draining; the total is
+    /// reported as `rejected_while_draining`.
+    pub fn record_rejection(&self) {
+        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Trigger {
+    /// Starts the shutdown for `reason` (an admin call, a planned stop). Returns whether this
+    /// call started it; `false` means a shutdown was already running.
+    pub fn trigger(self, reason: impl Into<String>) -> bool {
+        self.shared.fire(TriggerCause::Requested {
+            reason: reason.into(),
+        })
+    }
+
+    /// Starts the shutdown because the service cannot go on. The shutdown runs as usual, but
+    /// the exit code is [`Exit::Fatal`](crate::Exit::Fatal) even when it is clean.
+    pub fn fatal(self, reason: impl Into<String>) -> bool {
+        self.shared.fire(TriggerCause::Fatal {
+            reason: reason.into(),
+        })
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(plan: Plan, force: ForceExit, watchdog: bool) -> Shared {
+        let tokens: [CancellationToken; 8] = Default::default();
+        tokens[Phase::Running.index()].cancel();
+        Shared {
+            tracker: Tracker::new(),
+            health: Health::new(),
+            plan,
+            force,
+            watchdog,
+            phase: AtomicU8::new(Phase::Running as u8),
+            tokens,
+            fired: Mutex::new(Fired::default()),
+            rejected: AtomicU64::new(0),
+            current_step: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_index(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Starts the flow if nothing has yet; otherwise records a later trigger. Returns whether
+    /// this call started it.
+    pub(crate) fn fire(self: &Arc<Self>, cause: TriggerCause) -> bool {
+        let mut fired = lock(&self.fired);
+        if let Some(first) = &fired.first {
+            let phase = self.phase();
+            let at = first.at_std.elapsed();
+            tracing::warn!(
+                cause = %cause,
+                phase = %phase,
+                since_trigger_ms = at.as_millis() as u64,
+                "shutdown already in progress; this trigger starts nothing"
+            );
+            fired.later.push(LaterSignal { cause, at, phase });
+            return false;
+        }
+        let first = First {
+            cause,
+            at: tokio::time::Instant::now(),
+            at_std: std::time::Instant::now(),
+        };
+        if self.watchdog {
+            fired.watchdog = Watchdog::arm(self.clone(), first.at_std + self.plan.budget().total);
+        }
+        tracing::info!(
+            cause = %first.cause,
+            budget_ms = self.plan.budget().total.as_millis() as u64,
+            "shutdown triggered"
+        );
+        fired.first = Some(first);
+        drop(fired);
+        self.health.advance(HealthState::Draining);
+        self.enter(Phase::NotReady);
+        true
+    }
+
+    /// Called for every delivery of a listened-for signal.
+    pub(crate) fn on_signal(self: &Arc<Self>, signal: Signal) {
+        let started = self.fire(TriggerCause::Signal { signal });
+        if !started && signal == Signal::Interrupt && self.force == ForceExit::SecondInterrupt {
+            crate::watchdog::forced_exit(self);
+        }
+    }
+
+    pub(crate) fn first(&self) -> Option<First> {
+        lock(&self.fired).first.clone()
+    }
+
+    pub(crate) fn later_signals(&self) -> Vec<LaterSignal> {
+        lock(&self.fired).later.clone()
+    }
+
+    pub(crate) fn disarm_watchdog(&self) {
+        lock(&self.fired).watchdog = None;
+    }
+
+    /// Moves to `phase` and wakes everything waiting for it or an earlier phase.
+    pub(crate) fn enter(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        for token in &self.tokens[..=phase.index()] {
+            token.cancel();
+        }
+    }
+
+    pub(crate) fn token_ref(&self, phase: Phase) -> &CancellationToken {
+        &self.tokens[phase.index()]
+    }
+
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_current_step(&self, step: Option<(Phase, String)>) {
+        *lock(&self.current_step) = step;
+    }
+
+    pub(crate) fn current_step(&self) -> Option<(Phase, String)> {
+        lock(&self.current_step).clone()
+    }
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("phase", &self.phase())
+            .field("health", &self.shared.health.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trigger")
+            .field("phase", &self.shared.phase())
+            .finish()
+    }
+}
+
+/// The locks here guard plain data and no code panics while holding them, so a poisoned lock
+/// is still consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,174 @@
+//! Named, bounded shutdown steps (stop accepting, flush telemetry, close dependencies): see
+//! [`StepResult`] and [`Controller::close`](crate::Controller::close).
+
+use std::any::Any;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::report::{StepOutcome, StepReport};
+use crate::shutdown::Shared;
+use crate::Phase;
+
+/// A boxed error, as a failed step returns it.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
+/// What a shutdown step's future may return: `()` for a step that cannot fail, or
+/// `Result<(), E>` for any error type `E`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lastcall::Controller;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let controller = Controller::builder().build().unwrap();
+/// // A step that cannot fail returns ().
+/// controller.flush("logs", Duration::from_millis(500), || async {});
+/// // A step that can fail returns a Result with any error type.
+/// controller.close("database", Duration::from_secs(3), || async {
+///     Ok::<(), std::io::Error>(())
+/// });
+/// # }
+/// ```
+pub trait StepResult: Send + 'static {
+    /// Converts to the result the controller records.
+    ///
+    /// # Errors
+    ///
+    /// The step's own error, boxed.
+    fn into_step_result(self) -> Result<(), BoxError>;
+}
+
+impl StepResult for () {
+    fn into_step_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E> StepResult for Result<(), E>
+where
+    E: Into<BoxError> + Send + 'static,
+{
+    fn into_step_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// A registered step, not yet run.
+pub(crate) struct Step {
+    pub(crate) name: String,
+    pub(crate) phase: Phase,
+    pub(crate) timeout: Duration,
+    pub(crate) start: Box<dyn FnOnce() -> BoxFuture + Send>,
+}
+
+impl Step {
+    pub(crate) fn new<F, Fut>(
+        phase: Phase,
+        name: impl Into<String>,
+        timeout: Duration,
+        f: F,
+    ) -> Step
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: StepResult,
+    {
+        Step {
+            name: name.into(),
+            phase,
+            timeout,
+            start: Box::new(move || Box::pin(async move { f().await.into_step_result() })),
+        }
+    }
+}
+
+/// Runs `steps` one after the other, each bounded by `min(its timeout, time left before
+/// deadline)`. A step that fails, times out or panics is recorded and the next one still runs.
+/// Returns whether every step succeeded.
+pub(crate) async fn run_steps(
+    shared: &Shared,
+    steps: Vec<Step>,
+    deadline: Instant,
+    out: &mut Vec<StepReport>,
+) -> bool {
+    let mut all_ok = true;
+    for step in steps {
+        let started = Instant::now();
+        let left = deadline.saturating_duration_since(started);
+        let timeout = if step.timeout.is_zero() {
+            left
+        } else {
+            step.timeout.min(left)
+        };
+        shared.set_current_step(Some((step.phase, step.name.clone())));
+        tracing::debug!(step = %step.name, phase = %step.phase, timeout_ms = timeout.as_millis() as u64, "step started");
+        let start = step.start;
+        // Spawned so a panic is caught as a JoinError instead of unwinding through the flow;
+        // the closure itself runs inside the task for the same reason.
+        let mut task = tokio::spawn(async move { start().await });
+        let outcome = match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(Ok(()))) => StepOutcome::Ok,
+            Ok(Ok(Err(error))) => StepOutcome::Failed {
+                error: error_chain(&*error),
+            },
+            Ok(Err(join)) => match join.try_into_panic() {
+                Ok(payload) => StepOutcome::Panicked {
+                    message: panic_message(&*payload),
+                },
+                Err(_) => StepOutcome::Failed {
+                    error: "the step's task was cancelled".into(),
+                },
+            },
+            Err(_elapsed) => {
+                task.abort();
+                StepOutcome::TimedOut
+            }
+        };
+        let duration = started.elapsed();
+        shared.set_current_step(None);
+        if outcome == StepOutcome::Ok {
+            tracing::debug!(step = %step.name, phase = %step.phase, duration_ms = duration.as_millis() as u64, "step finished");
+        } else {
+            all_ok = false;
+            tracing::warn!(step = %step.name, phase = %step.phase, duration_ms = duration.as_millis() as u64, outcome = %outcome, "step did not succeed");
+        }
+        out.push(StepReport {
+            name: step.name,
+            phase: step.phase,
+            timeout,
+            duration,
+            outcome,
+        });
+    }
+    all_ok
+}
+
+/// The error and its sources, joined with `: `.
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,444 @@
+//! In-flight work, counted by RAII guards: see [`Tracker`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use slab::Slab;
+use tokio::sync::Notify;
+
+use crate::future::Idle;
+
+/// Counts in-flight work (requests, streams, jobs, tasks) through RAII guards, and tells the
+/// shutdown when the last one has ended.
+///
+/// [`Tracker::track`] returns a [`WorkGuard`]; the work is active exactly as long as the guard
+/// lives. There is no `increment`/`decrement` pair to get wrong: a guard is counted once when
+/// created and uncounted once when dropped, so double counting cannot be written.
+///
+/// At any moment [`Tracker::active`] tells how many pieces of work are active, the oldest one's
+/// age and every label. [`Tracker::wait_idle`] resolves the moment the last guard drops: the
+/// dropping thread wakes the waiter, there is no polling loop.
+///
+/// # Cost
+///
+/// The tracker sits on every request's path. Its state is split into cache-line-aligned
+/// shards, one chosen per thread, so cores entering and leaving work at the same time do not
+/// fight over one cache line; creating and dropping a guard costs two uncontended lock
+/// round-trips and a clock read (see `BENCHMARKS.md` for the figures against
+/// `tokio_util::task::TaskTracker`).
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::{Tracker, WorkKind};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let tracker = Tracker::new();
+/// let guard = tracker.track(WorkKind::Request, "GET /orders/7");
+/// assert_eq!(tracker.len(), 1);
+///
+/// let idle = tracker.wait_idle();
+/// drop(guard); // the request finished
+/// idle.await; // resolves at once
+/// assert!(tracker.is_empty());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Tracker {
+    inner: Arc<Inner>,
+}
+
+/// Proof that one piece of work is active; dropping it ends the work.
+///
+/// Hold it for as long as the work runs: inside the response future for a request, beside the
+/// body for a stream, in the task for a job. It is `Send`, so it can be dropped on any thread.
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::Tracker;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let tracker = Tracker::new();
+/// let guard = tracker.job("confirm-order 42");
+/// tokio::spawn(async move {
+///     // The guard moves into the task, so the job counts until the task ends.
+///     let _guard = guard;
+/// })
+/// .await
+/// .unwrap();
+/// assert!(tracker.is_empty());
+/// # }
+/// ```
+#[must_use = "the work is tracked only while the guard is alive"]
+pub struct WorkGuard {
+    shard: Arc<Shard>,
+    key: usize,
+}
+
+/// What kind of work a guard tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WorkKind {
+    /// An HTTP or RPC request, until its response has been sent.
+    Request,
+    /// A long-lived stream: Server-Sent Events, a WebSocket, a streaming RPC.
+    Stream,
+    /// A job claimed from a queue.
+    Job,
+    /// A scheduled or background task.
+    Task,
+}
+
+/// A snapshot of the active work, as returned by [`Tracker::active`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActiveWork {
+    /// How many pieces of work were active.
+    pub count: usize,
+    /// The age of the oldest one.
+    #[serde(with = "crate::report::millis_opt", rename = "oldest_ms")]
+    pub oldest: Option<Duration>,
+    /// The count per kind.
+    pub by_kind: KindCounts,
+    /// The active work, oldest first; possibly fewer than `count` (see
+    /// [`ActiveWork::keep_oldest`]).
+    pub items: Vec<WorkItem>,
+}
+
+/// Active work counted per [`WorkKind`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCounts {
+    /// Requests.
+    pub request: usize,
+    /// Streams.
+    pub stream: usize,
+    /// Jobs.
+    pub job: usize,
+    /// Tasks.
+    pub task: usize,
+}
+
+/// One piece of active work in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    /// Its kind.
+    pub kind: WorkKind,
+    /// Its label, such as `GET /orders/7` or a job id.
+    pub label: String,
+    /// How long it had been active when the snapshot was taken.
+    #[serde(with = "crate::report::millis", rename = "age_ms")]
+    pub age: Duration,
+}
+
+struct Inner {
+    shards: Box<[Arc<Shard>]>,
+    common: Arc<Common>,
+}
+
+/// State every shard shares; written only while someone waits for idleness.
+struct Common {
+    idle: Notify,
+    /// How many [`Tracker::wait_idle`] futures are pending. Guards only read it, so the cache
+    /// line stays shared between cores instead of bouncing.
+    watchers: AtomicUsize,
+}
+
+/// One lock-protected part of the active set. Aligned so two shards never share a cache line.
+#[repr(align(128))]
+struct Shard {
+    entries: Mutex<Slab<Entry>>,
+    common: Arc<Common>,
+}
+
+struct Entry {
+    kind: WorkKind,
+    label: Cow<'static, str>,
+    started: Instant,
+}
+
+impl Tracker {
+    /// A tracker with no active work.
+    pub fn new() -> Tracker {
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let count = (parallelism * 4).clamp(4, 256).next_power_of_two();
+        let common = Arc::new(Common {
+            idle: Notify::new(),
+            watchers: AtomicUsize::new(0),
+        });
+        let shards = (0..count)
+            .map(|_| {
+                Arc::new(Shard {
+                    entries: Mutex::new(Slab::new()),
+                    common: common.clone(),
+                })
+            })
+            .collect();
+        Tracker {
+            inner: Arc::new(Inner { shards, common }),
+        }
+    }
+
+    /// Starts tracking one piece of work; it ends when the returned guard is dropped.
+    ///
+    /// The label names the work in reports (`GET /orders/7`, `orders:job-42`). A `&'static str`
+    /// costs nothing; a `String` is moved in without copying.
+    pub fn track(&self, kind: WorkKind, label: impl Into<Cow<'static, str>>) -> WorkGuard {
+        let shard = &self.inner.shards[shard_index() & (self.inner.shards.len() - 1)];
+        let entry = Entry {
+            kind,
+            label: label.into(),
+            started: Instant::now(),
+        };
+        let key = lock(&shard.entries).insert(entry);
+        WorkGuard {
+            shard: shard.clone(),
+            key,
+        }
+    }
+
+    /// Tracks a request: shorthand for [`Tracker::track`] with [`WorkKind::Request`].
+    pub fn request(&self, label: impl Into<Cow<'static, str>>) -> WorkGuard {
+        self.track(WorkKind::Request, label)
+    }
+
+    /// Tracks a stream: shorthand for [`Tracker::track`] with [`WorkKind::Stream`].
+    pub fn stream(&self, label: impl Into<Cow<'static, str>>) -> WorkGuard {
+        self.track(WorkKind::Stream, label)
+    }
+
+    /// Tracks a job: shorthand for [`Tracker::track`] with [`WorkKind::Job`].
+    pub fn job(&self, label: impl Into<Cow<'static, str>>) -> WorkGuard {
+        self.track(WorkKind::Job, label)
+    }
+
+    /// Tracks a task: shorthand for [`Tracker::track`] with [`WorkKind::Task`].
+    pub fn task(&self, label: impl Into<Cow<'static, str>>) -> WorkGuard {
+        self.track(WorkKind::Task, label)
+    }
+
+    /// How many pieces of work are active.
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(&s.entries).len())
+            .sum()
+    }
+
+    /// Whether no work is active.
+    pub fn is_empty(&self) -> bool {
+        self.inner
+            .shards
+            .iter()
+            .all(|s| lock(&s.entries).is_empty())
+    }
+
+    /// A snapshot of the active work: count, oldest age, counts per kind and every item,
+    /// oldest first.
+    pub fn active(&self) -> ActiveWork {
+        let now = Instant::now();
+        let mut items = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let entries = lock(&shard.entries);
+            items.extend(entries.iter().map(|(_, e)| WorkItem {
+                kind: e.kind,
+                label: e.label.to_string(),
+                age: now.saturating_duration_since(e.started),
+            }));
+        }
+        items.sort_by_key(|i| std::cmp::Reverse(i.age));
+        let mut by_kind = KindCounts::default();
+        for item in &items {
+            *by_kind.get_mut(item.kind) += 1;
+        }
+        ActiveWork {
+            count: items.len(),
+            oldest: items.first().map(|i| i.age),
+            by_kind,
+            items,
+        }
+    }
+
+    /// Waits until no work is active.
+    ///
+    /// Resolves at once if the tracker is already empty; otherwise the thread that drops the
+    /// last guard wakes it. Work started after it resolved is not waited for.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future unregisters it and loses nothing.
+    pub fn wait_idle(&self) -> Idle {
+        let inner = self.inner.clone();
+        Idle::new(async move {
+            let common = &inner.common;
+            common.watchers.fetch_add(1, Ordering::SeqCst);
+            let _unwatch = Unwatch(common);
+            loop {
+                let notified = common.idle.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a guard dropped right after the check still
+                // wakes this waiter.
+                notified.as_mut().enable();
+                if inner.shards.iter().all(|s| lock(&s.entries).is_empty()) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+    }
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker::new()
+    }
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("len", &self.len())
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+impl WorkGuard {
+    /// The kind of work this guard tracks.
+    pub fn kind(&self) -> WorkKind {
+        lock(&self.shard.entries)
+            .get(self.key)
+            .map_or(WorkKind::Task, |e| e.kind)
+    }
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        let (entry, now_empty) = {
+            let mut entries = lock(&self.shard.entries);
+            let entry = entries.try_remove(self.key);
+            (entry, entries.is_empty())
+        };
+        // The label may own a heap string: free it outside the lock.
+        drop(entry);
+        if now_empty && self.shard.common.watchers.load(Ordering::SeqCst) > 0 {
+            self.shard.common.idle.notify_waiters();
+        }
+    }
+}
+
+impl fmt::Debug for WorkGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries = lock(&self.shard.entries);
+        let mut d = f.debug_struct("WorkGuard");
+        if let Some(e) = entries.get(self.key) {
+            d.field("kind", &e.kind).field("label", &e.label);
+        }
+        d.finish()
+    }
+}
+
+impl WorkKind {
+    /// The kind's stable `snake_case` name, as used in reports and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkKind::Request => "request",
+            WorkKind::Stream => "stream",
+            WorkKind::Job => "job",
+            WorkKind::Task => "task",
+        }
+    }
+}
+
+impl fmt::Display for WorkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ActiveWork {
+    /// Keeps only the `n` oldest items; `count`, `oldest` and `by_kind` still describe all.
+    pub fn keep_oldest(mut self, n: usize) -> ActiveWork {
+        self.items.truncate(n);
+        self
+    }
+
+    /// Whether nothing was active.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl fmt::Display for ActiveWork {
+    /// One line: the count, the oldest age and the labels, as the watchdog prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} active", self.count)?;
+        if let Some(oldest) = self.oldest {
+            write!(f, ", oldest {}ms", oldest.as_millis())?;
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { ", " })?;
+            write!(
+                f,
+                "{} {:?} ({}ms)",
+                item.kind,
+                item.label,
+                item.age.as_millis()
+            )?;
+        }
+        if self.items.len() < self.count {
+            write!(f, ", and {} more", self.count - self.items.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl KindCounts {
+    /// The count for one kind.
+    pub fn get(&self, kind: WorkKind) -> usize {
+        match kind {
+            WorkKind::Request => self.request,
+            WorkKind::Stream => self.stream,
+            WorkKind::Job => self.job,
+            WorkKind::Task => self.task,
+        }
+    }
+
+    fn get_mut(&mut self, kind: WorkKind) -> &mut usize {
+        match kind {
+            WorkKind::Request => &mut self.request,
+            WorkKind::Stream => &mut self.stream,
+            WorkKind::Job => &mut self.job,
+            WorkKind::Task => &mut self.task,
+        }
+    }
+}
+
+/// Decrements the watcher count when a [`Tracker::wait_idle`] future ends or is dropped.
+struct Unwatch<'a>(&'a Common);
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The shard this thread uses, fixed per thread so a thread keeps hitting its own cache line.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.try_with(|i| *i).unwrap_or(0)
+}
+
+/// Locks a shard. The critical sections cannot panic, so a poisoned lock still holds a
+/// consistent slab and is used as is.
+fn lock(entries: &Mutex<Slab<Entry>>) -> MutexGuard<'_, Slab<Entry>> {
+    entries.lock().unwrap_or_else(PoisonError::into_inner)
+}
