@@ -17,16 +17,16 @@ pub(crate) const EXIT_RESERVE: Duration = Duration::from_millis(50);
 /// `terminationGracePeriodSeconds`, systemd's `TimeoutStopSec`). Phases run in order and each
 /// ends at a fixed offset from the trigger, computed by [`Budget::plan`]:
 ///
-/// | phase | window |
-/// |---|---|
-/// | drain delay | `[0, drain_delay]` |
-/// | stop accepting | up to `drain_delay + stop_accepting` |
-/// | wait for work | up to `total - flush_telemetry - close_dependencies` |
-/// | flush telemetry | up to `total - close_dependencies` |
-/// | close dependencies | up to `total` (less 50 ms kept to write the report) |
+/// | phase | cap once started | deadline (from the trigger) |
+/// |---|---|---|
+/// | drain delay | `drain_delay` | `drain_delay` |
+/// | stop accepting | `stop_accepting` | `drain_delay + stop_accepting` |
+/// | wait for work | the rest | `total - flush_telemetry - close_dependencies` |
+/// | flush telemetry | `flush_telemetry` | `total - close_dependencies` |
+/// | close dependencies | `close_dependencies` - 50 ms | `total` - 50 ms (kept to write the report) |
 ///
-/// Waiting for work gets whatever the others leave, so no phase can eat the time reserved for
-/// the phases after it. At `total` the watchdog thread ends the process whatever state it is in.
+/// A phase ends at `min(its start + cap, its deadline)`. Waiting for work gets whatever the
+/// others leave, and no phase can eat the time reserved for the phases after it. At `total` the watchdog thread ends the process whatever state it is in.
 ///
 /// # Examples
 ///
@@ -43,19 +43,19 @@ pub(crate) const EXIT_RESERVE: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budget {
     /// The total deadline, counted from the trigger (`LASTCALL_BUDGET`, default 30 s).
-    #[serde(with = "crate::report::millis")]
+    #[serde(with = "crate::report::millis", rename = "total_ms")]
     pub total: Duration,
     /// How long to keep serving after readiness flips (`LASTCALL_DRAIN_DELAY`, default 0).
-    #[serde(with = "crate::report::millis")]
+    #[serde(with = "crate::report::millis", rename = "drain_delay_ms")]
     pub drain_delay: Duration,
     /// The cap for the stop-accepting phase (`LASTCALL_STOP_TIMEOUT`, default 1 s).
-    #[serde(with = "crate::report::millis")]
+    #[serde(with = "crate::report::millis", rename = "stop_accepting_ms")]
     pub stop_accepting: Duration,
     /// The time reserved for flushing telemetry (`LASTCALL_FLUSH_TIMEOUT`, default 2 s).
-    #[serde(with = "crate::report::millis")]
+    #[serde(with = "crate::report::millis", rename = "flush_telemetry_ms")]
     pub flush_telemetry: Duration,
     /// The time reserved for closing dependencies (`LASTCALL_CLOSE_TIMEOUT`, default 5 s).
-    #[serde(with = "crate::report::millis")]
+    #[serde(with = "crate::report::millis", rename = "close_dependencies_ms")]
     pub close_dependencies: Duration,
 }
 
@@ -64,8 +64,7 @@ pub struct Budget {
 /// # Examples
 ///
 /// ```
-/// use std::time::Duration;
-/// use lastcall::{Budget, Phase};
+/// use lastcall::Budget;
 ///
 /// let plan = Budget::default().plan()?;
 /// for window in plan.windows() {
@@ -86,10 +85,10 @@ pub struct Window {
     /// The phase.
     pub phase: Phase,
     /// The latest moment the phase starts.
-    #[serde(with = "crate::report::millis")]
+    #[serde(with = "crate::report::millis", rename = "start_ms")]
     pub start: Duration,
     /// The phase's deadline.
-    #[serde(with = "crate::report::millis")]
+    #[serde(with = "crate::report::millis", rename = "end_ms")]
     pub end: Duration,
 }
 
@@ -219,6 +218,25 @@ impl Plan {
             Phase::Exit => (close_end, b.total),
         };
         Window { phase, start, end }
+    }
+
+    /// The most time `phase` may take once it starts: its reserve (the drain delay, the
+    /// stop-accepting cap, the flush reserve, the close reserve less the 50 ms kept for the
+    /// report), or for waiting for work, everything up to its deadline.
+    ///
+    /// A phase ends at `min(its start + cap, its deadline)`, so a phase that starts early
+    /// still gets no more than its cap, and one that starts late still ends by its deadline.
+    pub fn cap(&self, phase: Phase) -> Duration {
+        let b = &self.budget;
+        match phase {
+            Phase::Running | Phase::NotReady => Duration::ZERO,
+            Phase::DrainDelay => b.drain_delay,
+            Phase::StopAccepting => b.stop_accepting,
+            Phase::FlushTelemetry => b.flush_telemetry,
+            Phase::CloseDependencies => b.close_dependencies - EXIT_RESERVE,
+            // Waiting for work takes whatever the earlier phases left, up to its deadline.
+            Phase::WaitForWork | Phase::Exit => self.deadline(phase),
+        }
     }
 
     /// The windows of every phase from [`Phase::NotReady`] to [`Phase::Exit`], in order.

@@ -245,14 +245,14 @@ impl Controller {
         flow.record(Phase::NotReady, t0, PhaseOutcome::Completed);
 
         let started = flow.begin(Phase::DrainDelay);
-        tokio::time::sleep_until(t0 + plan.deadline(Phase::DrainDelay)).await;
+        tokio::time::sleep_until(flow.deadline(Phase::DrainDelay, started)).await;
         flow.record(Phase::DrainDelay, started, PhaseOutcome::Completed);
 
         flow.run_phase(Phase::StopAccepting, take_steps(Phase::StopAccepting))
             .await;
 
         let started = flow.begin(Phase::WaitForWork);
-        let wait_deadline = t0 + plan.deadline(Phase::WaitForWork);
+        let wait_deadline = flow.deadline(Phase::WaitForWork, started);
         let work_at_deadline =
             match tokio::time::timeout_at(wait_deadline, shared.tracker.wait_idle()).await {
                 Ok(()) => {
@@ -358,10 +358,16 @@ impl Flow<'_> {
         tracing::info!(
             phase = %phase,
             since_trigger_ms = (now - self.t0).as_millis() as u64,
-            deadline_ms = self.shared.plan.deadline(phase).as_millis() as u64,
+            deadline_ms = (self.deadline(phase, now) - self.t0).as_millis() as u64,
             "shutdown phase started"
         );
         now
+    }
+
+    /// When a phase that started at `started` must end: `min(started + cap, deadline)`.
+    fn deadline(&self, phase: Phase, started: Instant) -> Instant {
+        let plan = &self.shared.plan;
+        (started + plan.cap(phase)).min(self.t0 + plan.deadline(phase))
     }
 
     fn record(&mut self, phase: Phase, started: Instant, outcome: PhaseOutcome) {
@@ -369,14 +375,14 @@ impl Flow<'_> {
             phase,
             started: started - self.t0,
             duration: started.elapsed(),
-            deadline: self.shared.plan.deadline(phase),
+            deadline: self.deadline(phase, started) - self.t0,
             outcome,
         });
     }
 
     async fn run_phase(&mut self, phase: Phase, steps: Vec<Step>) {
         let started = self.begin(phase);
-        let deadline = self.t0 + self.shared.plan.deadline(phase);
+        let deadline = self.deadline(phase, started);
         let ok = run_steps(self.shared, steps, deadline, &mut self.steps).await;
         let outcome = if ok {
             PhaseOutcome::Completed

@@ -1,0 +1,117 @@
+//! Not a tutorial: the service the process tests (`tests/process.rs`) start, signal and grade.
+//!
+//! Arguments pick its behaviour, so each test can stage one of the article's unhappy paths:
+//!
+//! - `work=MS` / `work=never`: a job that holds a guard for MS milliseconds, or forever;
+//! - `stop-hook`: a stop-accepting step that prints `hook stop_accepting ran`;
+//! - `close-hang`: a close step `broker` that never finishes (500 ms timeout), then `database`;
+//! - `close-fail`, `close-panic`: a close step that returns an error, or panics;
+//! - `block`: in stop-accepting, a task blocks the (single-threaded) runtime for ten minutes;
+//! - `fatal-after=MS`: the service calls `Trigger::fatal` after MS milliseconds.
+//!
+//! It prints `ready` once the controller is built, `phase NAME` as phases begin, and
+//! `report: {json}` at the end; logs go to stderr.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use lastcall::{Controller, Phase};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let controller = match Controller::from_env() {
+        Ok(controller) => controller,
+        Err(err) => {
+            eprintln!("lastcall: {err}");
+            return err.exit_code();
+        }
+    };
+    let shutdown = controller.shutdown();
+
+    for (i, arg) in std::env::args().skip(1).enumerate() {
+        let (name, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
+        match name {
+            "work" => {
+                let guard = shutdown.tracker().job(format!("job-{i}"));
+                let ms: Option<u64> = value.parse().ok();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    match ms {
+                        Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                        None => std::future::pending().await,
+                    }
+                });
+            }
+            "stop-hook" => {
+                controller.on_stop_accepting("listener", Duration::from_millis(500), || async {
+                    println!("hook stop_accepting ran");
+                });
+            }
+            "close-hang" => {
+                controller.close("broker", Duration::from_millis(500), || {
+                    std::future::pending::<()>()
+                });
+                controller.close("database", Duration::from_millis(500), || async {
+                    println!("step database ran");
+                });
+            }
+            "close-fail" => {
+                controller.close("cache", Duration::from_millis(500), || async {
+                    Err::<(), _>(std::io::Error::other("connection reset while closing"))
+                });
+            }
+            "close-panic" => {
+                controller.close("cache", Duration::from_millis(500), || async {
+                    let broken = true;
+                    if broken {
+                        panic!("cache client panicked on close");
+                    }
+                });
+            }
+            "block" => {
+                let shutdown = shutdown.clone();
+                let guard = shutdown.tracker().request("GET /reports/blocking");
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    shutdown.reached(Phase::StopAccepting).await;
+                    // A handler that blocks the runtime thread: nothing async runs any more.
+                    std::thread::sleep(Duration::from_secs(600));
+                });
+            }
+            "fatal-after" => {
+                let trigger = controller.trigger();
+                let ms = value.parse().unwrap_or(0);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    trigger.fatal("the fixture's fatal error");
+                });
+            }
+            other => {
+                eprintln!("fixture: unknown argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+
+    let watcher = shutdown.clone();
+    tokio::spawn(async move {
+        for phase in &Phase::ALL[1..] {
+            watcher.reached(*phase).await;
+            println!("phase {phase}");
+        }
+    });
+
+    println!("ready");
+    let report = controller.run_with_report().await;
+    println!("report: {}", report.to_json());
+    report.exit_code()
+}

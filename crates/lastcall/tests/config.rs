@@ -1,0 +1,175 @@
+use std::time::Duration;
+
+use lastcall::error::{ConfigError, Origin, Setting};
+use lastcall::{Controller, ForceExit, Phase, Signal};
+
+fn build_with(vars: &[(&str, &str)]) -> Result<Controller, ConfigError> {
+    Controller::builder()
+        .env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .build()
+}
+
+#[tokio::test]
+async fn environment_overrides_code_and_accepts_human_durations() {
+    let controller = Controller::builder()
+        .budget(Duration::from_secs(60))
+        .drain_delay(Duration::from_secs(1))
+        .env_vars([
+            ("LASTCALL_BUDGET", "25s"),
+            ("LASTCALL_DRAIN_DELAY", "1500ms"),
+        ])
+        .build()
+        .expect("valid settings");
+    let plan = *controller.shutdown().plan();
+    assert_eq!(plan.budget().total, Duration::from_secs(25));
+    assert_eq!(
+        plan.deadline(Phase::DrainDelay),
+        Duration::from_millis(1500)
+    );
+}
+
+#[tokio::test]
+async fn unparsable_duration_names_the_variable_and_the_value() {
+    let err = build_with(&[("LASTCALL_DRAIN_DELAY", "five seconds")]).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Unparsable { setting: Setting::DrainDelay, ref value, .. } if value == "five seconds")
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("LASTCALL_DRAIN_DELAY=\"five seconds\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"1500ms\""),
+        "the message shows a valid value: {text}"
+    );
+}
+
+#[tokio::test]
+async fn zero_budget_is_rejected_and_says_where_it_came_from() {
+    let err = build_with(&[("LASTCALL_BUDGET", "0s")]).unwrap_err();
+    assert!(matches!(
+        err,
+        ConfigError::Zero {
+            setting: Setting::Budget,
+            origin: Origin::Env
+        }
+    ));
+    assert!(err.to_string().contains("greater than zero"), "{err}");
+
+    let err = Controller::builder()
+        .ignore_env()
+        .close_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ConfigError::Zero {
+            setting: Setting::CloseTimeout,
+            origin: Origin::Code
+        }
+    ));
+    assert!(err.to_string().contains("Builder::close_timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn reserves_larger_than_the_budget_are_rejected_with_the_sum() {
+    let err =
+        build_with(&[("LASTCALL_BUDGET", "10s"), ("LASTCALL_DRAIN_DELAY", "5s")]).unwrap_err();
+    let ConfigError::ReservesExceedBudget { reserved, .. } = &err else {
+        panic!("expected ReservesExceedBudget, got {err:?}");
+    };
+    // 5s drain + 1s stop + 2s flush + 5s close.
+    assert_eq!(*reserved, Duration::from_secs(13));
+    let text = err.to_string();
+    assert!(text.contains("raise the budget above 13s"), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_variable_is_rejected_with_a_suggestion() {
+    let err = build_with(&[("LASTCALL_BUDGT", "10s")]).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::UnknownVariable { ref name, suggestion: Some("LASTCALL_BUDGET") } if name == "LASTCALL_BUDGT")
+    );
+    assert!(
+        err.to_string().contains("did you mean LASTCALL_BUDGET?"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn allowed_and_tool_variables_are_not_rejected() {
+    build_with(&[("LASTCALL_REQUIRE_SERVICES", "1")]).expect("the test-suite variable is known");
+    Controller::builder()
+        .env_vars([("LASTCALL_DEMO_DB", "/tmp/x.db")])
+        .allow_env("LASTCALL_DEMO_DB")
+        .build()
+        .expect("declared variables are allowed");
+    build_with(&[("OTHER_BUDGET", "nonsense")]).expect("other prefixes are not ours");
+}
+
+#[tokio::test]
+async fn signals_and_force_policy_parse_from_the_environment() {
+    let err = build_with(&[("LASTCALL_SIGNALS", "SIGTERM,SIGKILL")]).unwrap_err();
+    assert!(matches!(
+        err,
+        ConfigError::Invalid {
+            setting: Setting::Signals,
+            ..
+        }
+    ));
+    assert!(
+        err.to_string().contains("SIGHUP"),
+        "lists the valid signals: {err}"
+    );
+
+    let err = build_with(&[("LASTCALL_SIGNALS", " , ")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::NoSignals {
+                origin: Origin::Env
+            }
+        ),
+        "{err:?}"
+    );
+
+    let err = build_with(&[("LASTCALL_FORCE_EXIT", "sometimes")]).unwrap_err();
+    assert!(matches!(
+        err,
+        ConfigError::Invalid {
+            setting: Setting::ForceExit,
+            ..
+        }
+    ));
+
+    build_with(&[
+        ("LASTCALL_SIGNALS", "term hup"),
+        ("LASTCALL_FORCE_EXIT", "second-interrupt"),
+    ])
+    .expect("valid signal list and policy");
+    assert_eq!("on".parse::<ForceExit>(), Ok(ForceExit::SecondInterrupt));
+    assert_eq!("quit".parse::<Signal>(), Ok(Signal::Quit));
+}
+
+#[tokio::test]
+async fn close_reserve_must_leave_room_for_the_report() {
+    let err = build_with(&[("LASTCALL_CLOSE_TIMEOUT", "20ms")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::TooShort {
+                setting: Setting::CloseTimeout,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn building_outside_a_runtime_is_an_error_not_a_panic() {
+    let err = Controller::builder().ignore_env().build().unwrap_err();
+    assert!(matches!(err, ConfigError::NoRuntime));
+    assert_eq!(lastcall::Exit::Config.code(), 78);
+}

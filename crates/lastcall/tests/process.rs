@@ -1,0 +1,469 @@
+//! The fixture example as a child process, driven with real signals from `nix`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lastcall::{Exit, Phase, PhaseOutcome, Report, StepOutcome, TriggerCause, WorkKind};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::unistd::Pid;
+
+/// Generous: these bound a hang, they do not measure speed.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    child: Child,
+    lines: Receiver<String>,
+    stdout: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+struct Ended {
+    status: ExitStatus,
+    stdout: Vec<String>,
+    stderr: String,
+    report: Option<Report>,
+}
+
+fn fixture_path() -> PathBuf {
+    // tests run from target/<profile>/deps/; cargo builds examples into target/<profile>/examples/.
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join("examples").join("fixture");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+impl Fixture {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Fixture {
+        let mut command = Command::new(fixture_path());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("LASTCALL_") && key != "LASTCALL_REQUIRE_SERVICES" {
+                command.env_remove(key);
+            }
+        }
+        command.env("RUST_LOG", "info").envs(env.iter().copied());
+        let mut child = command.spawn().expect("spawn the fixture");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Fixture {
+            child,
+            lines,
+            stdout: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Starts the fixture and waits until it says it is ready.
+    fn ready(args: &[&str], env: &[(&str, &str)]) -> Fixture {
+        let mut fixture = Fixture::start(args, env);
+        fixture.wait_for("ready");
+        fixture
+    }
+
+    fn wait_for(&mut self, wanted: &str) {
+        let until = Instant::now() + PATIENCE;
+        loop {
+            match self
+                .lines
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    let found = line == wanted;
+                    self.stdout.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {wanted:?} line; stderr:\n{}", self.stderr())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "fixture exited before {wanted:?}; stderr:\n{}",
+                        self.stderr()
+                    )
+                }
+            }
+        }
+    }
+
+    fn signal(&self, signal: NixSignal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the fixture");
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn wait(mut self) -> Ended {
+        let until = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the fixture") {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                panic!("the fixture did not exit; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // stdout closes when the process ends; collect what is left.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.stdout.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let report = self
+            .stdout
+            .iter()
+            .find_map(|l| l.strip_prefix("report: "))
+            .map(|json| serde_json::from_str(json).expect("the report line is a Report"));
+        Ended {
+            status,
+            stderr: self.stderr(),
+            stdout: self.stdout,
+            report,
+        }
+    }
+}
+
+impl Ended {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn report(&self) -> &Report {
+        self.report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no report; stderr:\n{}", self.stderr))
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.stdout.iter().filter(|l| *l == line).count()
+    }
+}
+
+#[test]
+fn a_second_sigterm_and_a_sigint_during_the_drain_neither_restart_nor_kill_the_flow() {
+    let mut fixture = Fixture::ready(&["work=1500", "stop-hook"], &[("LASTCALL_BUDGET", "20s")]);
+    fixture.signal(NixSignal::SIGTERM);
+    fixture.wait_for("phase wait_for_work");
+    fixture.signal(NixSignal::SIGTERM);
+    fixture.signal(NixSignal::SIGINT);
+    let ended = fixture.wait();
+
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    let report = ended.report();
+    assert_eq!(
+        report.trigger,
+        TriggerCause::Signal {
+            signal: lastcall::Signal::Terminate
+        }
+    );
+    // The two signals arrive together; their order is the kernel's business, not ours.
+    let mut later: Vec<String> = report
+        .later_signals
+        .iter()
+        .map(|l| l.cause.to_string())
+        .collect();
+    later.sort();
+    assert_eq!(later, ["SIGINT", "SIGTERM"]);
+    assert!(
+        report
+            .later_signals
+            .iter()
+            .all(|l| l.phase == Phase::WaitForWork),
+        "{:?}",
+        report.later_signals
+    );
+    assert_eq!(
+        ended.count("hook stop_accepting ran"),
+        1,
+        "the hook ran once"
+    );
+    assert_eq!(ended.count("phase stop_accepting"), 1, "one flow");
+    assert_eq!(
+        report.phase(Phase::WaitForWork).unwrap().outcome,
+        PhaseOutcome::Completed,
+        "the job finished"
+    );
+    assert!(
+        ended.stderr.contains("shutdown already in progress"),
+        "later signals are logged"
+    );
+}
+
+#[test]
+fn a_repeated_interrupt_forces_exit_130_when_opted_in() {
+    let mut fixture = Fixture::ready(
+        &["work=never"],
+        &[("LASTCALL_FORCE_EXIT", "second-interrupt")],
+    );
+    fixture.signal(NixSignal::SIGINT);
+    fixture.wait_for("phase wait_for_work");
+    fixture.signal(NixSignal::SIGINT);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(130));
+    assert!(ended.report.is_none(), "the flow was cut short");
+    assert!(
+        ended
+            .stderr
+            .contains("a repeated interrupt forced the exit"),
+        "{}",
+        ended.stderr
+    );
+    assert!(
+        ended.stderr.contains("job \"job-0\""),
+        "names the work left behind: {}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn work_that_never_completes_is_cut_at_the_deadline_and_named() {
+    let budget = Duration::from_secs(2);
+    let fixture = Fixture::ready(
+        &["work=never"],
+        &[
+            ("LASTCALL_BUDGET", "2s"),
+            ("LASTCALL_FLUSH_TIMEOUT", "200ms"),
+            ("LASTCALL_CLOSE_TIMEOUT", "300ms"),
+        ],
+    );
+    let signalled = Instant::now();
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    let elapsed = signalled.elapsed();
+
+    assert_eq!(
+        ended.code(),
+        Some(i32::from(Exit::WorkCut.code())),
+        "stderr:\n{}",
+        ended.stderr
+    );
+    let report = ended.report();
+    let wait = report.phase(Phase::WaitForWork).unwrap();
+    assert_eq!(wait.outcome, PhaseOutcome::DeadlineReached);
+    assert_eq!(wait.deadline, Duration::from_millis(1500));
+    let cut = report
+        .work_at_deadline
+        .as_ref()
+        .expect("named in the report");
+    assert_eq!(cut.items[0].label, "job-0");
+    assert_eq!(cut.items[0].kind, WorkKind::Job);
+    assert!(
+        elapsed < budget + Duration::from_secs(5),
+        "ended within the budget: {elapsed:?}"
+    );
+    assert!(
+        report.total < budget,
+        "the flow finished inside its budget: {:?}",
+        report.total
+    );
+}
+
+#[test]
+fn a_close_step_that_hangs_is_cut_at_its_timeout_and_later_steps_still_run() {
+    let fixture = Fixture::ready(&["close-hang"], &[("LASTCALL_BUDGET", "10s")]);
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+
+    assert_eq!(
+        ended.code(),
+        Some(i32::from(Exit::CleanupFailed.code())),
+        "stderr:\n{}",
+        ended.stderr
+    );
+    let report = ended.report();
+    let broker = &report.steps[0];
+    assert_eq!(
+        (broker.name.as_str(), &broker.outcome),
+        ("broker", &StepOutcome::TimedOut)
+    );
+    assert_eq!(broker.timeout, Duration::from_millis(500));
+    assert!(
+        broker.duration >= Duration::from_millis(500),
+        "{:?}",
+        broker.duration
+    );
+    let database = &report.steps[1];
+    assert_eq!(
+        (database.name.as_str(), &database.outcome),
+        ("database", &StepOutcome::Ok)
+    );
+    assert_eq!(ended.count("step database ran"), 1);
+    assert!(
+        ended.stderr.contains("step did not succeed"),
+        "the failure is logged"
+    );
+}
+
+#[test]
+fn failing_and_panicking_close_steps_give_the_cleanup_failed_code() {
+    for (arg, expected) in [
+        (
+            "close-fail",
+            StepOutcome::Failed {
+                error: "connection reset while closing".into(),
+            },
+        ),
+        (
+            "close-panic",
+            StepOutcome::Panicked {
+                message: "cache client panicked on close".into(),
+            },
+        ),
+    ] {
+        let fixture = Fixture::ready(&[arg], &[]);
+        fixture.signal(NixSignal::SIGTERM);
+        let ended = fixture.wait();
+        assert_eq!(ended.code(), Some(4), "{arg}: stderr:\n{}", ended.stderr);
+        assert_eq!(ended.report().steps[0].outcome, expected, "{arg}");
+    }
+}
+
+#[test]
+fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
+    let budget = Duration::from_secs(1);
+    let fixture = Fixture::ready(
+        &["block"],
+        &[
+            ("LASTCALL_BUDGET", "1s"),
+            ("LASTCALL_STOP_TIMEOUT", "100ms"),
+            ("LASTCALL_FLUSH_TIMEOUT", "100ms"),
+            ("LASTCALL_CLOSE_TIMEOUT", "200ms"),
+        ],
+    );
+    let signalled = Instant::now();
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    let elapsed = signalled.elapsed();
+
+    assert_eq!(
+        ended.code(),
+        Some(i32::from(Exit::HardDeadline.code())),
+        "stderr:\n{}",
+        ended.stderr
+    );
+    assert!(elapsed >= budget, "not before the deadline: {elapsed:?}");
+    assert!(
+        elapsed < budget + Duration::from_secs(5),
+        "soon after it: {elapsed:?}"
+    );
+    assert!(
+        ended.report.is_none(),
+        "the blocked flow never wrote its report"
+    );
+    assert!(
+        ended.stderr.contains("the 1000ms budget ran out"),
+        "{}",
+        ended.stderr
+    );
+    assert!(
+        ended.stderr.contains("GET /reports/blocking"),
+        "names what was active: {}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn a_fatal_trigger_exits_1_after_a_clean_shutdown() {
+    let fixture = Fixture::ready(&["fatal-after=50"], &[]);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(1), "stderr:\n{}", ended.stderr);
+    assert!(matches!(ended.report().trigger, TriggerCause::Fatal { .. }));
+}
+
+#[test]
+fn a_configured_sighup_starts_the_shutdown() {
+    let fixture = Fixture::ready(&[], &[("LASTCALL_SIGNALS", "SIGHUP,SIGTERM")]);
+    fixture.signal(NixSignal::SIGHUP);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    assert_eq!(
+        ended.report().trigger,
+        TriggerCause::Signal {
+            signal: lastcall::Signal::Hangup
+        }
+    );
+}
+
+#[test]
+fn bad_configuration_is_rejected_at_startup_with_exit_78() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("LASTCALL_BUDGET", "soon")],
+            "LASTCALL_BUDGET=\"soon\" is not a duration",
+        ),
+        (&[("LASTCALL_BUDGET", "0s")], "LASTCALL_BUDGET is zero"),
+        (
+            &[("LASTCALL_BUDGET", "5s"), ("LASTCALL_DRAIN_DELAY", "10s")],
+            "raise the budget above 18s",
+        ),
+        (
+            &[("LASTCALL_DRAIN_DELAYS", "1s")],
+            "did you mean LASTCALL_DRAIN_DELAY?",
+        ),
+        (
+            &[("LASTCALL_SIGNALS", "SIGKILL")],
+            "LASTCALL_SIGNALS=\"SIGKILL\" is not valid",
+        ),
+        (
+            &[("LASTCALL_FORCE_EXIT", "maybe")],
+            "\"never\" or \"second-interrupt\"",
+        ),
+        (
+            &[("LASTCALL_CLOSE_TIMEOUT", "10ms")],
+            "it must be more than 50ms",
+        ),
+    ];
+    for (env, message) in cases {
+        let ended = Fixture::start(&[], env).wait();
+        assert_eq!(ended.code(), Some(78), "{env:?}: stderr:\n{}", ended.stderr);
+        assert!(
+            ended.stderr.contains(message),
+            "{env:?}: expected {message:?} in:\n{}",
+            ended.stderr
+        );
+        assert!(
+            !ended.stdout.iter().any(|l| l == "ready"),
+            "{env:?}: rejected before starting"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! lastcall's integration tests, one module per area.
+
+// Tests state their expectations with unwrap; a failure is the point.
+#![allow(clippy::unwrap_used)]
+
+// The budget split: property tests over every valid configuration.
+mod budget;
+// Configuration from code and environment, checked when the controller is built.
+mod config;
+// The shutdown flow in-process, on tokio's paused clock.
+mod controller;
+// The example fixture as a real child process, with real signals.
+mod process;
+// The work tracker: guards, snapshots, event-driven idleness.
+mod tracker;
