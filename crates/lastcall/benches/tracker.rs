@@ -78,4 +78,3 @@ mod group {
     criterion::criterion_group!(benches, super::single_thread, super::two_threads);
 }
 criterion_main!(group::benches);
-criterion_main!(benches);
