@@ -52,6 +52,7 @@
 
 mod budget;
 mod builder;
+mod clock;
 mod controller;
 mod exit;
 mod health;

@@ -3,11 +3,12 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use slab::Slab;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
 use tokio::sync::Notify;
 
 use crate::future::Idle;
@@ -27,9 +28,21 @@ use crate::future::Idle;
 ///
 /// The tracker sits on every request's path. Its state is split into cache-line-aligned
 /// shards, one chosen per thread, so cores entering and leaving work at the same time do not
-/// fight over one cache line; creating and dropping a guard costs two uncontended lock
-/// round-trips and a clock read (see `BENCHMARKS.md` for the figures against
-/// `tokio_util::task::TaskTracker`).
+/// fight over one cache line. A guard points at its shard without a reference count (shard
+/// sets are recycled, never freed, see below), and its start time is a cached clock value, so
+/// creating and dropping a guard costs two uncontended lock round-trips and no clock read
+/// (see `BENCHMARKS.md` for the figures against `tokio_util::task::TaskTracker`).
+///
+/// Ages are exact to about 10 ms, which is what a shutdown report needs: a background thread
+/// named `lastcall-clock` refreshes the cached value every 10 ms while guards are being
+/// created, and parks after a second without them.
+///
+/// # Memory
+///
+/// A tracker's shards (about 128 bytes per shard, four shards per core) are never freed:
+/// when the last handle to a tracker is dropped and its work has ended, a later
+/// [`Tracker::new`] reuses them. A process therefore holds as many shard sets as it ever had
+/// trackers alive at once.
 ///
 /// # Examples
 ///
@@ -76,7 +89,8 @@ pub struct Tracker {
 /// ```
 #[must_use = "the work is tracked only while the guard is alive"]
 pub struct WorkGuard {
-    shard: Arc<Shard>,
+    set: &'static ShardSet,
+    shard: usize,
     key: usize,
 }
 
@@ -135,9 +149,17 @@ pub struct WorkItem {
     pub age: Duration,
 }
 
+/// The handles' shared part; dropping the last one retires the shard set for reuse.
 struct Inner {
-    shards: Box<[Arc<Shard>]>,
-    common: Arc<Common>,
+    set: &'static ShardSet,
+}
+
+/// A tracker's shards and the state they share. Leaked on creation and recycled through
+/// [`RETIRED`], so a guard can hold a plain `&'static` to it instead of a reference count that
+/// every core would increment.
+struct ShardSet {
+    shards: Box<[Shard]>,
+    common: Common,
 }
 
 /// State every shard shares; written only while someone waits for idleness.
@@ -149,37 +171,55 @@ struct Common {
 }
 
 /// One lock-protected part of the active set. Aligned so two shards never share a cache line.
+///
+/// A spin lock rather than `std::sync::Mutex`: the critical sections are a slab insert or
+/// remove (a few instructions, allocating only when the slab grows), each thread has its own
+/// shard so the lock is almost never contended, and its release is a plain store instead of a
+/// locked exchange. That is a third of a guard's cost (see `BENCHMARKS.md`).
 #[repr(align(128))]
 struct Shard {
-    entries: Mutex<Slab<Entry>>,
-    common: Arc<Common>,
+    entries: SpinMutex<Slab<Entry>>,
 }
 
 struct Entry {
     kind: WorkKind,
     label: Cow<'static, str>,
-    started: Instant,
+    /// Nanoseconds on the coarse monotonic clock, from [`crate::clock::now`].
+    started: u64,
 }
+
+/// Shard sets whose tracker is gone, kept for the next [`Tracker::new`].
+static RETIRED: Mutex<Vec<&'static ShardSet>> = Mutex::new(Vec::new());
 
 impl Tracker {
     /// A tracker with no active work.
     pub fn new() -> Tracker {
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
         let count = (parallelism * 4).clamp(4, 256).next_power_of_two();
-        let common = Arc::new(Common {
-            idle: Notify::new(),
-            watchers: AtomicUsize::new(0),
+        let reused = {
+            let mut retired = RETIRED.lock().unwrap_or_else(PoisonError::into_inner);
+            // A retired set has no handle left, so no new guard can enter it; once it is empty
+            // no guard refers to it either, and it can serve a new tracker.
+            retired
+                .iter()
+                .position(|set| set.shards.len() == count && set.is_empty())
+                .map(|i| retired.swap_remove(i))
+        };
+        let set = reused.unwrap_or_else(|| {
+            Box::leak(Box::new(ShardSet {
+                shards: (0..count)
+                    .map(|_| Shard {
+                        entries: SpinMutex::new(Slab::new()),
+                    })
+                    .collect(),
+                common: Common {
+                    idle: Notify::new(),
+                    watchers: AtomicUsize::new(0),
+                },
+            }))
         });
-        let shards = (0..count)
-            .map(|_| {
-                Arc::new(Shard {
-                    entries: Mutex::new(Slab::new()),
-                    common: common.clone(),
-                })
-            })
-            .collect();
         Tracker {
-            inner: Arc::new(Inner { shards, common }),
+            inner: Arc::new(Inner { set }),
         }
     }
 
@@ -188,17 +228,15 @@ impl Tracker {
     /// The label names the work in reports (`GET /orders/7`, `orders:job-42`). A `&'static str`
     /// costs nothing; a `String` is moved in without copying.
     pub fn track(&self, kind: WorkKind, label: impl Into<Cow<'static, str>>) -> WorkGuard {
-        let shard = &self.inner.shards[shard_index() & (self.inner.shards.len() - 1)];
+        let set = self.inner.set;
+        let shard = shard_index() & (set.shards.len() - 1);
         let entry = Entry {
             kind,
             label: label.into(),
-            started: Instant::now(),
+            started: crate::clock::now(),
         };
-        let key = lock(&shard.entries).insert(entry);
-        WorkGuard {
-            shard: shard.clone(),
-            key,
-        }
+        let key = lock(&set.shards[shard].entries).insert(entry);
+        WorkGuard { set, shard, key }
     }
 
     /// Tracks a request: shorthand for [`Tracker::track`] with [`WorkKind::Request`].
@@ -224,6 +262,7 @@ impl Tracker {
     /// How many pieces of work are active.
     pub fn len(&self) -> usize {
         self.inner
+            .set
             .shards
             .iter()
             .map(|s| lock(&s.entries).len())
@@ -232,23 +271,20 @@ impl Tracker {
 
     /// Whether no work is active.
     pub fn is_empty(&self) -> bool {
-        self.inner
-            .shards
-            .iter()
-            .all(|s| lock(&s.entries).is_empty())
+        self.inner.set.is_empty()
     }
 
     /// A snapshot of the active work: count, oldest age, counts per kind and every item,
     /// oldest first.
     pub fn active(&self) -> ActiveWork {
-        let now = Instant::now();
+        let now = crate::clock::read();
         let mut items = Vec::new();
-        for shard in self.inner.shards.iter() {
+        for shard in self.inner.set.shards.iter() {
             let entries = lock(&shard.entries);
             items.extend(entries.iter().map(|(_, e)| WorkItem {
                 kind: e.kind,
                 label: e.label.to_string(),
-                age: now.saturating_duration_since(e.started),
+                age: Duration::from_nanos(now.saturating_sub(e.started)),
             }));
         }
         items.sort_by_key(|i| std::cmp::Reverse(i.age));
@@ -275,7 +311,7 @@ impl Tracker {
     pub fn wait_idle(&self) -> Idle {
         let inner = self.inner.clone();
         Idle::new(async move {
-            let common = &inner.common;
+            let common = &inner.set.common;
             common.watchers.fetch_add(1, Ordering::SeqCst);
             let _unwatch = Unwatch(common);
             loop {
@@ -284,7 +320,7 @@ impl Tracker {
                 // Registered before the check, so a guard dropped right after the check still
                 // wakes this waiter.
                 notified.as_mut().enable();
-                if inner.shards.iter().all(|s| lock(&s.entries).is_empty()) {
+                if inner.set.is_empty() {
                     return;
                 }
                 notified.await;
@@ -303,7 +339,7 @@ impl fmt::Debug for Tracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracker")
             .field("len", &self.len())
-            .field("shards", &self.inner.shards.len())
+            .field("shards", &self.inner.set.shards.len())
             .finish()
     }
 }
@@ -311,30 +347,32 @@ impl fmt::Debug for Tracker {
 impl WorkGuard {
     /// The kind of work this guard tracks.
     pub fn kind(&self) -> WorkKind {
-        lock(&self.shard.entries)
+        lock(&self.set.shards[self.shard].entries)
             .get(self.key)
             .map_or(WorkKind::Task, |e| e.kind)
     }
 }
 
 impl Drop for WorkGuard {
+    #[inline]
     fn drop(&mut self) {
         let (entry, now_empty) = {
-            let mut entries = lock(&self.shard.entries);
+            let mut entries = lock(&self.set.shards[self.shard].entries);
             let entry = entries.try_remove(self.key);
             (entry, entries.is_empty())
         };
         // The label may own a heap string: free it outside the lock.
         drop(entry);
-        if now_empty && self.shard.common.watchers.load(Ordering::SeqCst) > 0 {
-            self.shard.common.idle.notify_waiters();
+        let common = &self.set.common;
+        if now_empty && common.watchers.load(Ordering::SeqCst) > 0 {
+            common.idle.notify_waiters();
         }
     }
 }
 
 impl fmt::Debug for WorkGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let entries = lock(&self.shard.entries);
+        let entries = lock(&self.set.shards[self.shard].entries);
         let mut d = f.debug_struct("WorkGuard");
         if let Some(e) = entries.get(self.key) {
             d.field("kind", &e.kind).field("label", &e.label);
@@ -419,6 +457,21 @@ impl KindCounts {
     }
 }
 
+impl ShardSet {
+    fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| lock(&s.entries).is_empty())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        RETIRED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self.set);
+    }
+}
+
 /// Decrements the watcher count when a [`Tracker::wait_idle`] future ends or is dropped.
 struct Unwatch<'a>(&'a Common);
 
@@ -429,16 +482,27 @@ impl Drop for Unwatch<'_> {
 }
 
 /// The shard this thread uses, fixed per thread so a thread keeps hitting its own cache line.
+#[inline]
 fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        // usize::MAX until the thread's first guard picks the next shard round-robin.
+        static INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
     }
-    INDEX.try_with(|i| *i).unwrap_or(0)
+    INDEX
+        .try_with(|cell| {
+            let mut index = cell.get();
+            if index == usize::MAX {
+                index = NEXT.fetch_add(1, Ordering::Relaxed);
+                cell.set(index);
+            }
+            index
+        })
+        .unwrap_or(0)
 }
 
-/// Locks a shard. The critical sections cannot panic, so a poisoned lock still holds a
-/// consistent slab and is used as is.
-fn lock(entries: &Mutex<Slab<Entry>>) -> MutexGuard<'_, Slab<Entry>> {
-    entries.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks a shard.
+#[inline]
+fn lock(entries: &SpinMutex<Slab<Entry>>) -> SpinMutexGuard<'_, Slab<Entry>> {
+    entries.lock()
 }
