@@ -4,7 +4,7 @@
 //! `cargo run -p lastcall --example 04_tour`: the process starts a few requests and a job,
 //! sends itself SIGTERM, then a second SIGTERM and a SIGINT while it drains (both are logged
 //! and start nothing), lets the work finish, flushes, closes its dependencies in order, and
-//! prints the report as text and JSON. Exit status 0.
+//! prints the report. Exit status 0.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -63,7 +63,7 @@ async fn main() -> ExitCode {
     });
 
     let report = controller.run_with_report().await;
+    // The JSON form is in the `lastcall::report` log event above.
     println!("\n{report}");
-    println!("{}", report.to_json());
     report.exit_code()
 }

@@ -90,6 +90,19 @@ impl Exit {
         })
     }
 
+    /// The outcome's stable `snake_case` name, as used in reports and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Exit::Clean => "clean",
+            Exit::Fatal => "fatal",
+            Exit::WorkCut => "work_cut",
+            Exit::CleanupFailed => "cleanup_failed",
+            Exit::HardDeadline => "hard_deadline",
+            Exit::Config => "config",
+            Exit::Forced => "forced",
+        }
+    }
+
     /// Whether this is [`Exit::Clean`].
     pub const fn is_clean(self) -> bool {
         matches!(self, Exit::Clean)

@@ -82,3 +82,8 @@ pub use shutdown::{Shutdown, Trigger};
 pub use signal::{ParseSignalError, Signal};
 pub use step::{BoxError, StepResult};
 pub use tracker::{ActiveWork, KindCounts, Tracker, WorkGuard, WorkItem, WorkKind};
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -21,12 +21,12 @@ pub(crate) fn record(report: &Report) {
         TriggerCause::Requested { .. } => ("requested", "none"),
         TriggerCause::Fatal { .. } => ("fatal", "none"),
     };
-    let exit = format!("{:?}", report.exit).to_ascii_lowercase();
+    let exit = report.exit.as_str();
     metrics::counter!("lastcall_shutdown_total", "trigger" => trigger, "signal" => signal, "exit" => exit)
         .increment(1);
     metrics::histogram!("lastcall_shutdown_duration_seconds").record(report.total.as_secs_f64());
     for phase in &report.phases {
-        let outcome = format!("{:?}", phase.outcome).to_ascii_lowercase();
+        let outcome = phase.outcome.as_str();
         metrics::histogram!(
             "lastcall_shutdown_phase_duration_seconds",
             "phase" => phase.phase.as_str(),

@@ -199,12 +199,12 @@ impl fmt::Display for Report {
         for p in &self.phases {
             writeln!(
                 f,
-                "  {:<19} +{:>6}ms  took {:>6}ms  (deadline +{}ms)  {:?}",
+                "  {:<19} +{:>6}ms  took {:>6}ms  (deadline +{}ms)  {}",
                 p.phase.as_str(),
                 p.started.as_millis(),
                 p.duration.as_millis(),
                 p.deadline.as_millis(),
-                p.outcome
+                p.outcome.as_str()
             )?;
         }
         for s in self.failed_steps() {
@@ -223,6 +223,17 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+impl PhaseOutcome {
+    /// The outcome's stable `snake_case` name, as used in reports and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PhaseOutcome::Completed => "completed",
+            PhaseOutcome::DeadlineReached => "deadline_reached",
+            PhaseOutcome::StepsFailed => "steps_failed",
+        }
     }
 }
 
