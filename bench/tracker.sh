@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Tracker guard enter+drop against tokio_util's TaskTracker::token() + drop, single-threaded and
+# with two threads contending, side by side in one criterion run; prints the ratios.
+#   bash bench/tracker.sh [runs]     (default 1 run; each run is one full criterion pass)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-1}
+target=${CARGO_TARGET_DIR:-target}
+for ((run = 1; run <= runs; run++)); do
+  cargo bench -q -p lastcall --bench tracker >/dev/null 2>&1
+  python3 - "$target/criterion" "$run" <<'PY'
+import json, sys, os
+root, run = sys.argv[1], sys.argv[2]
+def mean(group, name):
+    path = os.path.join(root, group, name, "new", "estimates.json")
+    with open(path) as f:
+        return json.load(f)["mean"]["point_estimate"]
+for threads in ("1_thread", "2_threads"):
+    group = "guard_enter_drop_" + threads
+    ours = mean(group, "lastcall__Tracker")
+    peer = mean(group, "tokio_util__TaskTracker")
+    print(f"run {run} {threads:>9}: lastcall {ours:6.1f} ns   TaskTracker {peer:6.1f} ns   "
+          f"lastcall/peer {ours / peer:4.2f}")
+PY
+done
