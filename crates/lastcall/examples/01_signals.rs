@@ -10,7 +10,9 @@ use lastcall::Controller;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let controller = match Controller::from_env() {
         Ok(controller) => controller,
         Err(err) => {

@@ -11,7 +11,9 @@ use lastcall::{Controller, Phase};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let controller = match Controller::builder()
         .budget(Duration::from_secs(10))
         .build()

@@ -14,7 +14,10 @@ use nix::sys::signal::{raise, Signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
     let controller = match Controller::builder()
         .budget(Duration::from_secs(10))
         .drain_delay(Duration::from_millis(300))
