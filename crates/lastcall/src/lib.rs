@@ -68,6 +68,8 @@ mod watchdog;
 
 pub mod error;
 pub mod future;
+#[cfg(feature = "http")]
+pub mod http;
 
 pub use budget::{Budget, Plan, Window};
 pub use builder::{Builder, ForceExit, ParseForceExitError};

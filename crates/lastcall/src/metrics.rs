@@ -46,6 +46,7 @@ pub(crate) fn record(report: &Report) {
         WorkKind::Stream,
         WorkKind::Job,
         WorkKind::Task,
+        WorkKind::Connection,
     ] {
         metrics::gauge!("lastcall_shutdown_active_at_deadline", "kind" => kind.as_str())
             .set(KindCounts::get(&cut, kind) as f64);

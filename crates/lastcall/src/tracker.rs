@@ -107,6 +107,8 @@ pub enum WorkKind {
     Job,
     /// A scheduled or background task.
     Task,
+    /// An open client connection, from accept until it is closed.
+    Connection,
 }
 
 /// A snapshot of the active work, as returned by [`Tracker::active`].
@@ -135,6 +137,8 @@ pub struct KindCounts {
     pub job: usize,
     /// Tasks.
     pub task: usize,
+    /// Connections.
+    pub connection: usize,
 }
 
 /// One piece of active work in a snapshot.
@@ -353,6 +357,17 @@ impl WorkGuard {
     }
 }
 
+impl WorkGuard {
+    /// Changes the kind of the tracked work, keeping its label and start time: a request whose
+    /// response turned out to be a stream.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn set_kind(&self, kind: WorkKind) {
+        if let Some(entry) = lock(&self.set.shards[self.shard].entries).get_mut(self.key) {
+            entry.kind = kind;
+        }
+    }
+}
+
 impl Drop for WorkGuard {
     #[inline]
     fn drop(&mut self) {
@@ -389,6 +404,7 @@ impl WorkKind {
             WorkKind::Stream => "stream",
             WorkKind::Job => "job",
             WorkKind::Task => "task",
+            WorkKind::Connection => "connection",
         }
     }
 }
@@ -444,6 +460,7 @@ impl KindCounts {
             WorkKind::Stream => self.stream,
             WorkKind::Job => self.job,
             WorkKind::Task => self.task,
+            WorkKind::Connection => self.connection,
         }
     }
 
@@ -453,6 +470,7 @@ impl KindCounts {
             WorkKind::Stream => &mut self.stream,
             WorkKind::Job => &mut self.job,
             WorkKind::Task => &mut self.task,
+            WorkKind::Connection => &mut self.connection,
         }
     }
 }

@@ -11,5 +11,7 @@ mod config;
 mod controller;
 // The example fixture as a real child process, with real signals.
 mod process;
+// The HTTP drain on real sockets (features `http`, `axum`).
+mod http;
 // The work tracker: guards, snapshots, event-driven idleness.
 mod tracker;

@@ -1,0 +1,52 @@
+//! HTTP drain for tower, hyper and axum services (feature `http`).
+//!
+//! - [`DrainLayer`] tracks every request until its response body has been sent, answers the
+//!   health paths from the shutdown's [`Health`](crate::Health), and after stop-accepting either
+//!   serves requests with `Connection: close` (the default) or rejects them with a retryable 503
+//!   ([`DrainPolicy`]).
+//! - [`serve`] runs a service on a listener with hyper-util (HTTP/1.1 and HTTP/2): it stops
+//!   accepting in the stop-accepting phase, closes idle keep-alive connections at once and
+//!   cleanly, lets busy ones finish with `Connection: close` (HTTP/2: GOAWAY), and cuts what is
+//!   left at the wait-for-work deadline.
+//! - [`sse`] (feature `axum`) ends Server-Sent Events streams with a final event when
+//!   stop-accepting begins.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use lastcall::http::{serve, DrainLayer, ServeConfig};
+//! use lastcall::Controller;
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let controller = Controller::from_env().expect("valid LASTCALL_* settings");
+//! let shutdown = controller.shutdown();
+//! let app = ServiceBuilder::new()
+//!     .layer(DrainLayer::new(shutdown.clone()))
+//!     .service_fn(|_req: Request<hyper::body::Incoming>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+//!     });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! let server = tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()));
+//! let code = controller.run().await;
+//! let _ = server.await;
+//! # let _ = code; Ok(()) }
+//! ```
+
+mod body;
+mod future;
+mod layer;
+mod serve;
+mod service;
+#[cfg(feature = "axum")]
+pub mod sse;
+
+pub use body::DrainBody;
+pub use future::ResponseFuture;
+pub use layer::{DrainLayer, DrainPolicy, HealthPaths};
+pub use serve::{serve, serve_std, ServeConfig};
+pub use service::Drain;

@@ -1,0 +1,417 @@
+//! The HTTP drain on real sockets: a raw HTTP/1.1 client against `serve` + `DrainLayer`.
+
+use std::convert::Infallible;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{Path, Query};
+use axum::response::sse::{Event, Sse};
+use axum::routing::get;
+use axum::Router;
+use lastcall::http::{serve, sse::until_shutdown, DrainLayer, DrainPolicy, ServeConfig};
+use lastcall::{Controller, Exit, Phase, Report, Shutdown, WorkKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt};
+
+/// Bounds a hang; not a measurement.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Server {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    trigger: lastcall::Trigger,
+    run: JoinHandle<Report>,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+fn app(shutdown: Shutdown) -> Router {
+    let events = shutdown.clone();
+    Router::new()
+        .route(
+            "/orders/{id}",
+            get(|Path(id): Path<u32>| async move { format!("{{\"id\":{id}}}") }),
+        )
+        .route(
+            "/reports/slow",
+            get(
+                |Query(q): Query<std::collections::HashMap<String, u64>>| async move {
+                    tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(0)))
+                        .await;
+                    "report ready"
+                },
+            ),
+        )
+        .route(
+            "/events",
+            get(move || {
+                let shutdown = events.clone();
+                async move {
+                    let ticks = futures_util::stream::unfold(0u64, |n| async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((
+                            Ok::<_, Infallible>(Event::default().data(format!("tick {n}"))),
+                            n + 1,
+                        ))
+                    });
+                    Sse::new(until_shutdown(&shutdown, ticks))
+                }
+            }),
+        )
+}
+
+async fn start(builder: lastcall::Builder) -> Server {
+    let controller = builder.ignore_env().build().unwrap();
+    let shutdown = controller.shutdown();
+    let trigger = controller.trigger();
+    let service = DrainLayer::new(shutdown.clone()).layer(app(shutdown.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(serve(
+        listener,
+        service,
+        shutdown.clone(),
+        ServeConfig::default(),
+    ));
+    let run = tokio::spawn(controller.run_with_report());
+    Server {
+        addr,
+        shutdown,
+        trigger,
+        run,
+        served,
+    }
+}
+
+impl Server {
+    async fn finish(self) -> Report {
+        let report = tokio::time::timeout(PATIENCE, self.run)
+            .await
+            .expect("shutdown finished")
+            .unwrap();
+        tokio::time::timeout(PATIENCE, self.served)
+            .await
+            .expect("serve returned")
+            .unwrap()
+            .unwrap();
+        report
+    }
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_ascii_lowercase())
+        })
+    }
+}
+
+async fn send(stream: &mut TcpStream, path: &str) {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+}
+
+/// Reads one whole response (Content-Length or chunked); panics on a reset or a truncation.
+async fn read_answer(stream: &mut TcpStream) -> Answer {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("a response")
+            .expect("no reset");
+        assert!(
+            n > 0,
+            "connection closed before a complete head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head[9..12].parse().unwrap();
+    let mut answer = Answer {
+        status,
+        head,
+        body: String::new(),
+    };
+    let mut body = buf[head_end..].to_vec();
+    if let Some(len) = answer.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        while body.len() < len {
+            let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+                .await
+                .expect("body")
+                .expect("no reset");
+            assert!(n > 0, "truncated body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        assert_eq!(
+            answer.header("transfer-encoding").as_deref(),
+            Some("chunked")
+        );
+        while !body.ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+                .await
+                .expect("body")
+                .expect("no reset");
+            assert!(
+                n > 0,
+                "stream cut without the chunked terminator: {:?}",
+                String::from_utf8_lossy(&body)
+            );
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    answer.body = String::from_utf8_lossy(&body).into_owned();
+    answer
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    send(&mut stream, path).await;
+    read_answer(&mut stream).await
+}
+
+/// Asserts the server closes the connection with FIN (a clean end of stream), not a reset.
+async fn assert_closed_cleanly(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+        .await
+        .expect("closed")
+    {
+        Ok(0) => {}
+        Ok(_) => panic!("unexpected data"),
+        Err(e) => panic!("connection reset instead of closed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_slow_request_in_flight_at_the_signal_completes_with_connection_close() {
+    let server = start(Controller::builder().budget(Duration::from_secs(10))).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    send(&mut client, "/reports/slow?ms=400").await;
+    // Wait until the request is in flight.
+    while server.shutdown.tracker().active().by_kind.request == 0 {
+        tokio::task::yield_now().await;
+    }
+    server.trigger.clone().trigger("test");
+    let answer = read_answer(&mut client).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "report ready");
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert_closed_cleanly(&mut client).await;
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+}
+
+#[tokio::test]
+async fn requests_during_the_drain_delay_are_served_while_readiness_says_503() {
+    let server = start(Controller::builder().drain_delay(Duration::from_millis(800))).await;
+    assert_eq!(fetch(server.addr, "/health/ready").await.status, 200);
+    let mut reused = TcpStream::connect(server.addr).await.unwrap();
+    send(&mut reused, "/orders/1").await;
+    assert_eq!(read_answer(&mut reused).await.status, 200);
+
+    server.trigger.clone().trigger("test");
+    let ready = fetch(server.addr, "/health/ready").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (503, r#"{"ready":false}"#)
+    );
+    assert_eq!(
+        fetch(server.addr, "/health/live").await.status,
+        200,
+        "liveness stays up"
+    );
+    assert_eq!(server.shutdown.phase(), Phase::DrainDelay);
+
+    send(&mut reused, "/orders/2").await;
+    let answer = read_answer(&mut reused).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"id":2}"#),
+        "reused connection served"
+    );
+    assert_eq!(
+        answer.header("connection"),
+        None,
+        "and kept alive during the delay"
+    );
+    assert_eq!(
+        fetch(server.addr, "/orders/3").await.status,
+        200,
+        "new connection served"
+    );
+    assert_eq!(
+        server.shutdown.phase(),
+        Phase::DrainDelay,
+        "all of it before the delay ended"
+    );
+
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+    assert_eq!(report.rejected_while_draining, 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_with_fin_and_new_ones_refused() {
+    let server = start(Controller::builder()).await;
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        send(&mut stream, &format!("/orders/{i}")).await;
+        assert_eq!(read_answer(&mut stream).await.status, 200);
+        idle.push(stream);
+    }
+    server.trigger.clone().trigger("test");
+    for stream in &mut idle {
+        assert_closed_cleanly(stream).await;
+    }
+    let addr = server.addr;
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+    let refused = TcpStream::connect(addr)
+        .await
+        .expect_err("the listener is closed");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn a_request_that_never_completes_is_cut_at_the_deadline_and_named() {
+    let server = start(
+        Controller::builder()
+            .budget(Duration::from_secs(2))
+            .flush_timeout(Duration::from_millis(200))
+            .close_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    send(&mut client, "/reports/slow?ms=600000").await;
+    while server.shutdown.tracker().active().by_kind.request == 0 {
+        tokio::task::yield_now().await;
+    }
+    server.trigger.clone().trigger("test");
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::WorkCut);
+    let cut = report.work_at_deadline.expect("named");
+    assert!(
+        cut.items
+            .iter()
+            .any(|i| i.kind == WorkKind::Request && i.label == "GET /reports/slow?ms=600000"),
+        "{cut}"
+    );
+    assert!(
+        cut.items.iter().any(|i| i.kind == WorkKind::Connection),
+        "{cut}"
+    );
+}
+
+#[tokio::test]
+async fn an_sse_client_gets_a_final_event_and_a_clean_end() {
+    let server = start(Controller::builder()).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    send(&mut client, "/events").await;
+    // The head and the first ticks.
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("tick 1") {
+        let n = tokio::time::timeout(PATIENCE, client.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(
+        server.shutdown.tracker().active().by_kind.stream,
+        1,
+        "tracked as a stream"
+    );
+    server.trigger.clone().trigger("test");
+    loop {
+        let n = tokio::time::timeout(PATIENCE, client.read(&mut chunk))
+            .await
+            .unwrap()
+            .expect("no reset");
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("event: shutdown"), "{text}");
+    assert!(text.contains("retry: 1000"), "{text}");
+    assert!(
+        text.ends_with("0\r\n\r\n"),
+        "ends with the chunked terminator: {text:?}"
+    );
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+    assert!(report.phase(Phase::WaitForWork).unwrap().duration < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_reject_policy_answers_503_with_retry_after_and_counts_it() {
+    let controller = Controller::builder().ignore_env().build().unwrap();
+    let shutdown = controller.shutdown();
+    let service = DrainLayer::new(shutdown.clone())
+        .policy(DrainPolicy::Reject {
+            retry_after: Duration::from_millis(1500),
+        })
+        .layer(app(shutdown.clone()));
+    let request = || {
+        http::Request::get("/orders/1")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let served = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(served.status(), 200, "served before the shutdown");
+    // The response body holds the request's guard until it is sent, or, here, dropped.
+    assert_eq!(shutdown.tracker().len(), 1);
+    drop(served);
+    assert!(shutdown.tracker().is_empty());
+
+    let trigger = controller.trigger();
+    // Holds the shutdown in wait-for-work while the test looks at it.
+    let job = shutdown.tracker().job("held by the test");
+    let run = tokio::spawn(controller.run_with_report());
+    trigger.trigger("test");
+    shutdown.reached(Phase::StopAccepting).await;
+    let rejected = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(rejected.status(), 503);
+    assert_eq!(rejected.headers()["connection"], "close");
+    assert_eq!(rejected.headers()["retry-after"], "2");
+    let body = axum::body::to_bytes(axum::body::Body::new(rejected.into_body()), 1024)
+        .await
+        .unwrap();
+    assert!(
+        body.starts_with(br#"{"error":"server_draining""#),
+        "{body:?}"
+    );
+    let health = http::Request::get("/health/live")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(
+        service.oneshot(health).await.unwrap().status(),
+        200,
+        "health is never rejected"
+    );
+    drop(job);
+    let report = run.await.unwrap();
+    assert_eq!(report.rejected_while_draining, 1);
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+}
