@@ -1,0 +1,21 @@
+//! `lastcall`: the command-line side of the lastcall project.
+//!
+//! `lastcall demo` runs the reference orders service (the article's service, rebuilt on the
+//! library) in this process, so the process that gets the signal is the server itself.
+//!
+//! Exit codes are the library's contract ([`lastcall::Exit`]): 0 clean, 1 fatal or a startup
+//! failure, 3 work cut, 4 cleanup failed, 5 hard deadline, 78 bad configuration, 130 forced.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod demo;
+mod flags;
+
+fn main() -> ExitCode {
+    let cli = flags::Cli::parse();
+    match cli.command {
+        flags::Command::Demo(args) => demo::main(args),
+    }
+}

@@ -1,0 +1,7 @@
+//! The `lastcall` binary's integration tests, one module per area.
+
+// Tests state their expectations with unwrap; a failure is the point.
+#![allow(clippy::unwrap_used)]
+
+// `lastcall demo` as a child process: real sockets, real signals.
+mod demo;
