@@ -143,7 +143,12 @@ fn get(demo: &Demo, path: &str) -> String {
 #[test]
 fn a_slow_request_in_flight_at_sigterm_completes_and_the_demo_exits_0() {
     let demo = Demo::start("slow", &[("LASTCALL_DRAIN_DELAY", "300ms")]);
-    assert!(get(&demo, "/health/ready").starts_with("HTTP/1.1 200"));
+    let ready = get(&demo, "/health/ready");
+    assert!(
+        ready.starts_with("HTTP/1.1 200"),
+        "{ready:?} {}",
+        demo.stderr.lock().unwrap()
+    );
     let order = get(&demo, "/orders/7");
     assert!(
         order.starts_with("HTTP/1.1 200") && order.contains(r#""id":7"#),
