@@ -395,6 +395,11 @@ impl Flow<'_> {
 
 /// Logs the report as one summary event.
 fn log(report: &Report) {
+    // Serializing the report costs more than the rest of the exit phase: skip it when no
+    // subscriber would record the event.
+    if !tracing::enabled!(target: "lastcall::report", tracing::Level::WARN) {
+        return;
+    }
     let json = report.to_json();
     if report.exit.is_clean() {
         tracing::info!(

@@ -99,10 +99,16 @@ where
                 return ResponseFuture::ready(response);
             }
         }
-        let label = match req.uri().path_and_query() {
-            Some(pq) => format!("{} {}", req.method(), pq),
-            None => format!("{} {}", req.method(), req.uri().path()),
-        };
+        // Built by hand: `format!` costs more than the rest of the layer.
+        let method = req.method().as_str();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path(), |pq| pq.as_str());
+        let mut label = String::with_capacity(method.len() + 1 + target.len());
+        label.push_str(method);
+        label.push(' ');
+        label.push_str(target);
         let guard = shutdown.tracker().request(label);
         let version = req.version();
         ResponseFuture::inner(self.inner.call(req), guard, shutdown.clone(), version)

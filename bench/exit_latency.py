@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Time from the last in-flight response to process exit, drain delay 0: lastcall's server
+against a plain axum `with_graceful_shutdown` server, alternating in one run.
+
+    python3 bench/exit_latency.py [iterations=20]
+
+Each iteration starts a fresh server, sends GET /slow?ms=200, sends SIGTERM while it is in
+flight, reads the whole response, closes the socket (as a client does), and times how long the
+process takes to exit after the response's last byte arrived.
+"""
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BIN = os.path.join(TARGET, "release", "bench-server")
+
+
+def once(mode):
+    env = dict(os.environ, PORT="0", LASTCALL_DRAIN_DELAY="0s", RUST_LOG="off")
+    server = subprocess.Popen([BIN, mode], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        line = server.stdout.readline().decode()
+        host, port = line.split()[-1].rsplit(":", 1)
+        client = socket.create_connection((host, int(port)), timeout=10)
+        client.sendall(b"GET /slow?ms=200 HTTP/1.1\r\nhost: bench\r\n\r\n")
+        time.sleep(0.05)  # the handler takes 200 ms: the request is in flight
+        server.send_signal(signal.SIGTERM)
+        response = b""
+        while not response.endswith(b"slow hello"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+        answered = time.perf_counter()
+        client.close()
+        status = server.wait(timeout=30)
+        exited = time.perf_counter()
+        if not response.startswith(b"HTTP/1.1 200") or status != 0:
+            raise SystemExit(f"{mode}: bad run (status {status}): {response[:80]!r}")
+        return (exited - answered) * 1000.0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def main():
+    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "lastcall-bench"], cwd=ROOT, check=True)
+    samples = {"drain": [], "axum": []}
+    for _ in range(iterations):
+        for mode in ("drain", "axum"):
+            samples[mode].append(once(mode))
+    for mode, ms in samples.items():
+        ms.sort()
+        p90 = ms[int(0.9 * (len(ms) - 1))]
+        print(f"{mode:>5}: median {statistics.median(ms):.3f} ms  p90 {p90:.3f} ms  max {ms[-1]:.3f} ms  (n={len(ms)})")
+    ratio = statistics.median(samples["drain"]) / statistics.median(samples["axum"])
+    print(f"lastcall / axum (medians) = {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

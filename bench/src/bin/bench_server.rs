@@ -1,0 +1,102 @@
+//! The server the scripts under `bench/` measure, in one of three modes:
+//!
+//! - `drain`: lastcall's stack, `DrainLayer` + `lastcall::http::serve` + the controller;
+//! - `plain`: the same server without the `DrainLayer` (its overhead is the difference);
+//! - `axum`: the peer, `axum::serve(..).with_graceful_shutdown(SIGTERM)`.
+//!
+//! Routes: `GET /` answers `hello`, `GET /slow?ms=N` answers after N ms. Listens on
+//! 127.0.0.1:`PORT` (0 picks a port) and prints `listening on ADDR`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::routing::get;
+use axum::Router;
+use lastcall::http::{serve, DrainLayer, ServeConfig};
+use lastcall::Controller;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tower_layer::Layer as _;
+
+#[derive(Deserialize)]
+struct Slow {
+    #[serde(default)]
+    ms: u64,
+}
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "hello" })).route(
+        "/slow",
+        get(|Query(slow): Query<Slow>| async move {
+            tokio::time::sleep(Duration::from_millis(slow.ms)).await;
+            "slow hello"
+        }),
+    )
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("bench-server: cannot listen on port {port}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    match mode.as_str() {
+        "drain" | "plain" => {
+            let controller = match Controller::from_env() {
+                Ok(controller) => controller,
+                Err(err) => {
+                    eprintln!("bench-server: {err}");
+                    return err.exit_code();
+                }
+            };
+            let shutdown = controller.shutdown();
+            let server = if mode == "drain" {
+                let service = DrainLayer::new(shutdown.clone()).layer(app());
+                tokio::spawn(serve(listener, service, shutdown, ServeConfig::default()))
+            } else {
+                tokio::spawn(serve(listener, app(), shutdown, ServeConfig::default()))
+            };
+            println!("listening on {addr}");
+            let code = controller.run().await;
+            let _ = server.await;
+            code
+        }
+        "axum" => {
+            println!("listening on {addr}");
+            let stop = async {
+                if let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    term.recv().await;
+                }
+            };
+            match axum::serve(listener, app())
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("bench-server: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        other => {
+            eprintln!("bench-server: unknown mode {other:?}; use drain, plain or axum");
+            ExitCode::from(2)
+        }
+    }
+}
