@@ -5,10 +5,12 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query};
 use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use axum::Router;
+use lastcall::http::ws::recv_until_shutdown;
 use lastcall::http::{serve, sse::until_shutdown, DrainLayer, DrainPolicy, ServeConfig};
 use lastcall::{Controller, Exit, Phase, Report, Shutdown, WorkKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +31,26 @@ struct Server {
 
 fn app(shutdown: Shutdown) -> Router {
     let events = shutdown.clone();
+    let sockets = shutdown.clone();
     Router::new()
+        .route(
+            "/ws",
+            get(move |upgrade: WebSocketUpgrade| {
+                let shutdown = sockets.clone();
+                async move {
+                    upgrade.on_upgrade(move |mut socket| async move {
+                        let _session = shutdown.tracker().stream("ws /ws");
+                        while let Some(Ok(message)) =
+                            recv_until_shutdown(&mut socket, &shutdown).await
+                        {
+                            if socket.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                }
+            }),
+        )
         .route(
             "/orders/{id}",
             get(|Path(id): Path<u32>| async move { format!("{{\"id\":{id}}}") }),
@@ -414,4 +435,87 @@ async fn the_reject_policy_answers_503_with_retry_after_and_counts_it() {
     let report = run.await.unwrap();
     assert_eq!(report.rejected_while_draining, 1);
     assert_eq!(report.exit, Exit::Clean, "{report}");
+}
+
+#[tokio::test]
+async fn an_http2_client_sees_goaway_and_its_in_flight_stream_completes() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let server = start(Controller::builder()).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = |path: &str| {
+        http::Request::get(format!("http://{}{path}", server.addr))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let in_flight = sender.send_request(request("/reports/slow?ms=400"));
+    let in_flight = tokio::spawn(in_flight);
+    while server.shutdown.tracker().active().by_kind.request == 0 {
+        tokio::task::yield_now().await;
+    }
+    server.trigger.clone().trigger("test");
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight stream completes");
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"report ready");
+    // GOAWAY: the server ends the connection once its last stream is done, without an error.
+    tokio::time::timeout(PATIENCE, connection)
+        .await
+        .expect("the connection ends")
+        .unwrap()
+        .expect("a graceful end, not an error");
+    assert!(
+        sender.send_request(request("/orders/1")).await.is_err(),
+        "no new stream on a connection that got GOAWAY"
+    );
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+}
+
+#[tokio::test]
+async fn a_websocket_client_gets_close_1001_and_the_server_exits_clean() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = start(Controller::builder()).await;
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    client.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::text("hello")
+    );
+    assert_eq!(server.shutdown.tracker().active().by_kind.stream, 1);
+
+    server.trigger.clone().trigger("test");
+    let close = tokio::time::timeout(PATIENCE, client.next())
+        .await
+        .expect("a close frame")
+        .unwrap()
+        .unwrap();
+    let Message::Close(Some(frame)) = close else {
+        panic!("expected a close frame, got {close:?}");
+    };
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(frame.reason.as_str(), "going away");
+    // tungstenite answers the close; the stream then ends without an error.
+    assert!(tokio::time::timeout(PATIENCE, client.next())
+        .await
+        .unwrap()
+        .is_none());
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+    assert!(report.phase(Phase::WaitForWork).unwrap().duration < Duration::from_secs(5));
 }

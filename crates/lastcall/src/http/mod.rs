@@ -10,6 +10,8 @@
 //!   left at the wait-for-work deadline.
 //! - [`sse`] (feature `axum`) ends Server-Sent Events streams with a final event when
 //!   stop-accepting begins.
+//! - [`ws`] (feature `websocket`) closes WebSockets with 1001 "going away" when stop-accepting
+//!   begins, and waits (bounded) for the peer's close.
 //!
 //! # Examples
 //!
@@ -44,6 +46,8 @@ mod serve;
 mod service;
 #[cfg(feature = "axum")]
 pub mod sse;
+#[cfg(feature = "websocket")]
+pub mod ws;
 
 pub use body::DrainBody;
 pub use future::ResponseFuture;
