@@ -84,18 +84,17 @@ fn app(shutdown: Shutdown) -> Router {
 }
 
 async fn start(builder: lastcall::Builder) -> Server {
+    start_with(builder, ServeConfig::default()).await
+}
+
+async fn start_with(builder: lastcall::Builder, config: ServeConfig) -> Server {
     let controller = builder.ignore_env().build().unwrap();
     let shutdown = controller.shutdown();
     let trigger = controller.trigger();
     let service = DrainLayer::new(shutdown.clone()).layer(app(shutdown.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn(serve(
-        listener,
-        service,
-        shutdown.clone(),
-        ServeConfig::default(),
-    ));
+    let served = tokio::spawn(serve(listener, service, shutdown.clone(), config));
     let run = tokio::spawn(controller.run_with_report());
     Server {
         addr,
@@ -518,4 +517,26 @@ async fn a_websocket_client_gets_close_1001_and_the_server_exits_clean() {
     let report = server.finish().await;
     assert_eq!(report.exit, Exit::Clean, "{report}");
     assert!(report.phase(Phase::WaitForWork).unwrap().duration < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn silent_and_idle_clients_are_disconnected_by_the_idle_timeout() {
+    let config = ServeConfig::default().idle_timeout(Duration::from_millis(300));
+    let server = start_with(Controller::builder(), config).await;
+    // Connected, never says a word.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    // One request, then an idle keep-alive connection.
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    send(&mut idle, "/orders/1").await;
+    assert_eq!(read_answer(&mut idle).await.status, 200);
+    // Both are closed by the server long before the shutdown: nothing else happens here.
+    for stream in [&mut silent, &mut idle] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await;
+        assert!(read.expect("closed by the server").is_ok());
+    }
+    assert_eq!(server.shutdown.phase(), Phase::Running);
+    assert_eq!(server.shutdown.tracker().active().by_kind.connection, 0);
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
 }

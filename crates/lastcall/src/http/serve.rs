@@ -3,6 +3,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ use crate::{BoxError, Phase, Shutdown, WorkGuard, WorkKind};
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     header_read_timeout: Duration,
+    idle_timeout: Duration,
     linger: Duration,
 }
 
@@ -40,6 +43,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             linger: Duration::from_secs(1),
         }
     }
@@ -50,6 +54,14 @@ impl ServeConfig {
     /// slow or silent client cannot hold a connection open through the shutdown.
     pub fn header_read_timeout(mut self, timeout: Duration) -> ServeConfig {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may go without reading or writing a byte before the server closes
+    /// it (default 60 s): a silent client, or an idle keep-alive connection. A busy HTTP/1
+    /// connection is not cut: its current response gets `Connection: close`.
+    pub fn idle_timeout(mut self, timeout: Duration) -> ServeConfig {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -125,7 +137,7 @@ where
                     service.clone(),
                     builder.clone(),
                     shutdown.clone(),
-                    config.linger,
+                    config.clone(),
                 ));
             }
             Err(error) => {
@@ -172,7 +184,7 @@ async fn connection<S, B>(
     service: S,
     builder: auto::Builder<TokioExecutor>,
     shutdown: Shutdown,
-    linger: Duration,
+    config: ServeConfig,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -184,18 +196,21 @@ async fn connection<S, B>(
     let guard = shutdown
         .tracker()
         .track(WorkKind::Connection, format!("connection {peer}"));
+    let last_io = Arc::new(AtomicU64::new(crate::clock::now()));
     let io = Lingering {
         stream: Some(stream),
         guard: Some(guard),
         shutdown: shutdown.clone(),
-        linger,
+        linger: config.linger,
+        last_io: last_io.clone(),
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let stop = shutdown.reached(Phase::StopAccepting);
     let cut = shutdown.reached(Phase::FlushTelemetry);
-    tokio::pin!(stop, cut);
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(stop, cut, idle);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -215,6 +230,16 @@ async fn connection<S, B>(
                 tracing::warn!(%peer, "connection still open at the wait deadline; closing it");
                 break;
             }
+            _ = &mut idle, if !draining => {
+                let quiet = Duration::from_nanos(crate::clock::now().saturating_sub(last_io.load(Ordering::Relaxed)));
+                if quiet >= config.idle_timeout {
+                    tracing::debug!(%peer, quiet_ms = quiet.as_millis() as u64, "closing an idle connection");
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + (config.idle_timeout - quiet));
+                }
+            }
         }
     }
 }
@@ -228,9 +253,15 @@ struct Lingering {
     guard: Option<WorkGuard>,
     shutdown: Shutdown,
     linger: Duration,
+    /// When a byte was last read or written, on the cached clock, for the idle timeout.
+    last_io: Arc<AtomicU64>,
 }
 
 impl Lingering {
+    fn touch(&self) {
+        self.last_io.store(crate::clock::now(), Ordering::Relaxed);
+    }
+
     fn stream(&mut self) -> io::Result<&mut TcpStream> {
         self.stream
             .as_mut()
@@ -244,10 +275,15 @@ impl AsyncRead for Lingering {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.stream() {
+        let before = buf.filled().len();
+        let polled = match self.stream() {
             Ok(stream) => Pin::new(stream).poll_read(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
+        };
+        if buf.filled().len() > before {
+            self.touch();
         }
+        polled
     }
 }
 
@@ -257,10 +293,16 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.stream() {
+        let polled = match self.stream() {
             Ok(stream) => Pin::new(stream).poll_write(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
+        };
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.touch();
+            }
         }
+        polled
     }
 
     fn poll_write_vectored(
@@ -268,10 +310,16 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.stream() {
+        let polled = match self.stream() {
             Ok(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
             Err(e) => Poll::Ready(Err(e)),
+        };
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.touch();
+            }
         }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
