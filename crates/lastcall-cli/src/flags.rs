@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -17,6 +18,87 @@ pub(crate) enum Command {
     /// Run the reference orders service (SQLite, health routes, slow reports, SSE) until a
     /// signal, then shut it down gracefully. Shutdown settings come from `LASTCALL_*` variables.
     Demo(DemoArgs),
+    /// Grade the graceful shutdown of any HTTP service, from the outside, with real signals.
+    ///
+    /// Starts the command once per scenario on a free port (passed as PORT), drives traffic,
+    /// signals it, and reports what a client saw. Exit status 0 only if every selected
+    /// scenario passed.
+    Check(Box<CheckArgs>),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Check the built-in reference service (`lastcall demo` on a temporary SQLite file).
+    #[arg(long, conflicts_with = "command")]
+    pub(crate) demo: bool,
+
+    /// The service's total shutdown budget, passed in --budget-var.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) budget: Duration,
+
+    /// The drain delay, passed in --drain-delay-var.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) drain_delay: Duration,
+
+    /// Environment variable that sets the service's budget.
+    #[arg(long, default_value = "LASTCALL_BUDGET")]
+    pub(crate) budget_var: String,
+
+    /// Environment variable that sets the service's drain delay.
+    #[arg(long, default_value = "LASTCALL_DRAIN_DELAY")]
+    pub(crate) drain_delay_var: String,
+
+    /// Slack allowed on top of each expected time.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) tolerance: Duration,
+
+    /// How long the service may take to answer 200 on the readiness path.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) start_timeout: Duration,
+
+    /// The signal that starts the shutdown.
+    #[arg(long, default_value = "SIGTERM")]
+    pub(crate) signal: String,
+
+    /// Readiness path (200 when ready, 503 once draining).
+    #[arg(long, default_value = "/health/ready")]
+    pub(crate) ready_path: String,
+
+    /// A quick request that answers 200.
+    #[arg(long, default_value = "/orders/1")]
+    pub(crate) path: String,
+
+    /// A request that answers after {ms} milliseconds.
+    #[arg(long, default_value = "/reports/slow?ms={ms}")]
+    pub(crate) slow_path: String,
+
+    /// A Server-Sent Events stream.
+    #[arg(long, default_value = "/events")]
+    pub(crate) events_path: String,
+
+    /// Idle keep-alive connections opened by the idle_connections scenario.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) connections: usize,
+
+    /// Run only these scenarios (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
+
+    /// Skip these scenarios (comma-separated), for a service that cannot support them.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) skip: Vec<String>,
+
+    /// Extra environment for the service, K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub(crate) env: Vec<String>,
+
+    /// Print the results as JSON (schema in the README) instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// The service's command and arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! `lastcall`: the command-line side of the lastcall project.
 //!
-//! `lastcall demo` runs the reference orders service (the article's service, rebuilt on the
+//! `lastcall check` grades any HTTP service's graceful shutdown from the outside, with real
+//! signals. `lastcall demo` runs the reference orders service (the article's service, rebuilt on the
 //! library) in this process, so the process that gets the signal is the server itself.
 //!
 //! Exit codes are the library's contract ([`lastcall::Exit`]): 0 clean, 1 fatal or a startup
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod check;
 mod demo;
 mod flags;
 
@@ -17,5 +19,6 @@ fn main() -> ExitCode {
     let cli = flags::Cli::parse();
     match cli.command {
         flags::Command::Demo(args) => demo::main(args),
+        flags::Command::Check(args) => check::main(*args),
     }
 }

@@ -5,3 +5,5 @@
 
 // `lastcall demo` as a child process: real sockets, real signals.
 mod demo;
+// `lastcall check` against the reference service and against fixtures that get it wrong.
+mod check;

@@ -1,0 +1,264 @@
+//! `lastcall check`: grades a service's graceful shutdown from the outside.
+//!
+//! Each scenario starts the service afresh ([`service::Service`]), talks to it with a client
+//! that tells a clean close from a reset from a truncation ([`client`]), sends real signals, and
+//! reports what a client would have seen ([`scenario`]).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::flags::CheckArgs;
+
+mod client;
+mod scenario;
+mod service;
+
+/// Everything a scenario needs to know about the service under test.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub(crate) command: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) budget: Duration,
+    pub(crate) drain_delay: Duration,
+    pub(crate) budget_var: String,
+    pub(crate) drain_delay_var: String,
+    pub(crate) tolerance: Duration,
+    pub(crate) start_timeout: Duration,
+    pub(crate) signal: Signal,
+    pub(crate) ready_path: String,
+    pub(crate) path: String,
+    pub(crate) slow_path: String,
+    pub(crate) events_path: String,
+    pub(crate) connections: usize,
+}
+
+impl Spec {
+    /// The slow path for `ms` milliseconds.
+    pub(crate) fn slow(&self, ms: impl std::fmt::Display) -> String {
+        self.slow_path.replace("{ms}", &ms.to_string())
+    }
+}
+
+/// One scenario's result, as printed and as JSON.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    scenario: &'static str,
+    /// `pass`, `fail` or `skip`.
+    status: &'static str,
+    measurement: String,
+    reason: Option<String>,
+    duration_ms: u64,
+}
+
+/// The JSON document `--json` prints.
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    schema: &'static str,
+    command: &'a [String],
+    budget_ms: u64,
+    drain_delay_ms: u64,
+    passed: bool,
+    scenarios: &'a [Outcome],
+}
+
+pub(crate) fn main(args: CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lastcall check: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("lastcall check: {err:#}");
+                    ExitCode::from(2)
+                }
+            },
+            // Dropping `run` drops the running service, which kills its process group.
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("lastcall check: interrupted; the service under test was stopped");
+                ExitCode::from(130)
+            }
+        }
+    })
+}
+
+async fn run(args: CheckArgs) -> anyhow::Result<bool> {
+    let (spec, _db) = spec(&args)?;
+    let selected: Vec<&'static str> = scenario::ALL
+        .into_iter()
+        .filter(|name| args.only.is_empty() || args.only.iter().any(|o| o == name))
+        .collect();
+    for name in args.only.iter().chain(&args.skip) {
+        if !scenario::ALL.contains(&name.as_str()) {
+            bail!(
+                "unknown scenario {name:?}; the scenarios are {}",
+                scenario::ALL.join(", ")
+            );
+        }
+    }
+    let live = std::io::stderr().is_terminal();
+    let mut outcomes = Vec::new();
+    for (i, name) in selected.iter().enumerate() {
+        if args.skip.iter().any(|s| s == name) {
+            outcomes.push(Outcome {
+                scenario: name,
+                status: "skip",
+                measurement: String::new(),
+                reason: Some("skipped with --skip".into()),
+                duration_ms: 0,
+            });
+            continue;
+        }
+        let progress = format!("[{}/{}] {name}", i + 1, selected.len());
+        if live {
+            eprint!("{progress} ...");
+            let _ = std::io::stderr().flush();
+        }
+        let started = Instant::now();
+        let outcome = match scenario::run(name, &spec).await {
+            Ok(finding) => Outcome {
+                scenario: name,
+                status: if finding.passed { "pass" } else { "fail" },
+                measurement: finding.measurement,
+                reason: finding.reason,
+                duration_ms: started.elapsed().as_millis() as u64,
+            },
+            Err(err) => Outcome {
+                scenario: name,
+                status: "fail",
+                measurement: String::new(),
+                reason: Some(format!("{err:#}")),
+                duration_ms: started.elapsed().as_millis() as u64,
+            },
+        };
+        if live {
+            eprintln!("\r{progress} {}", outcome.status);
+        } else {
+            eprintln!("{progress} {}", outcome.status);
+        }
+        outcomes.push(outcome);
+    }
+    let passed = outcomes.iter().all(|o| o.status != "fail");
+    if args.json {
+        let summary = Summary {
+            schema: "lastcall-check/1",
+            command: &spec.command,
+            budget_ms: spec.budget.as_millis() as u64,
+            drain_delay_ms: spec.drain_delay.as_millis() as u64,
+            passed,
+            scenarios: &outcomes,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).context("writing JSON")?
+        );
+    } else {
+        print_table(&outcomes);
+    }
+    Ok(passed)
+}
+
+/// The spec from the arguments; for `--demo`, also the temporary database to remove afterwards.
+fn spec(args: &CheckArgs) -> anyhow::Result<(Spec, Option<TempFile>)> {
+    let signal = parse_signal(&args.signal)?;
+    let mut env = Vec::new();
+    for pair in &args.env {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("--env {pair:?} is not K=V");
+        };
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let (command, db) = if args.demo {
+        let exe = std::env::current_exe().context("finding the lastcall binary for --demo")?;
+        let db = TempFile(
+            std::env::temp_dir().join(format!("lastcall-check-{}.sqlite3", std::process::id())),
+        );
+        env.push(("LASTCALL_DEMO_DB".into(), db.0.display().to_string()));
+        (vec![exe.display().to_string(), "demo".into()], Some(db))
+    } else {
+        if args.command.is_empty() {
+            bail!("nothing to check: pass the service's command after `--` (lastcall check -- ./my-service), or use --demo");
+        }
+        (args.command.clone(), None)
+    };
+    let spec = Spec {
+        command,
+        env,
+        budget: args.budget,
+        drain_delay: args.drain_delay,
+        budget_var: args.budget_var.clone(),
+        drain_delay_var: args.drain_delay_var.clone(),
+        tolerance: args.tolerance,
+        start_timeout: args.start_timeout,
+        signal,
+        ready_path: args.ready_path.clone(),
+        path: args.path.clone(),
+        slow_path: args.slow_path.clone(),
+        events_path: args.events_path.clone(),
+        connections: args.connections,
+    };
+    Ok((spec, db))
+}
+
+fn parse_signal(name: &str) -> anyhow::Result<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse().with_context(|| {
+        format!("--signal {name:?} is not a signal name (SIGTERM, SIGINT, SIGQUIT, ...)")
+    })
+}
+
+fn print_table(outcomes: &[Outcome]) {
+    let width = outcomes
+        .iter()
+        .map(|o| o.measurement.len())
+        .max()
+        .unwrap_or(0)
+        .min(72);
+    println!(
+        "{:<18} {:<6} {:<width$}  reason",
+        "scenario", "result", "measurement"
+    );
+    for o in outcomes {
+        println!(
+            "{:<18} {:<6} {:<width$}  {}",
+            o.scenario,
+            o.status.to_uppercase(),
+            o.measurement,
+            o.reason.as_deref().unwrap_or("")
+        );
+    }
+    let failed = outcomes.iter().filter(|o| o.status == "fail").count();
+    let passed = outcomes.iter().filter(|o| o.status == "pass").count();
+    println!("\n{passed} passed, {failed} failed");
+}
+
+/// A file removed when dropped, with the SQLite side files.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}

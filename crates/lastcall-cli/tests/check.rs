@@ -1,0 +1,103 @@
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `lastcall check` with `args`; returns the exit code and the parsed `--json` output.
+fn check(args: &[&str]) -> (Option<i32>, Value, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
+    command.arg("check").arg("--json").args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LASTCALL_") && key != "LASTCALL_REQUIRE_SERVICES" {
+            command.env_remove(key);
+        }
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("--json printed no JSON ({e}); stderr:\n{stderr}"));
+    (output.status.code(), json, stderr)
+}
+
+fn status<'a>(json: &'a Value, scenario: &str) -> (&'a str, &'a str) {
+    let found = json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scenario"] == scenario)
+        .unwrap_or_else(|| panic!("no scenario {scenario} in {json}"));
+    (
+        found["status"].as_str().unwrap(),
+        found["reason"].as_str().unwrap_or(""),
+    )
+}
+
+#[test]
+fn check_passes_the_reference_service_on_every_scenario() {
+    let (code, json, stderr) = check(&["--demo"]);
+    assert_eq!(json["schema"], "lastcall-check/1");
+    let scenarios = json["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 10, "{json:#}");
+    for scenario in scenarios {
+        assert_eq!(
+            scenario["status"], "pass",
+            "{scenario:#}\nstderr:\n{stderr}"
+        );
+    }
+    assert_eq!(json["passed"], true);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn check_fails_a_service_that_exits_at_once_on_sigterm() {
+    let python = Command::new("python3").arg("--version").output();
+    if python.is_err() {
+        assert!(
+            std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "python3 is required for the fixture services"
+        );
+        eprintln!("skipping: python3 is missing");
+        return;
+    }
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/exits_at_once.py"
+    );
+    let (code, json, stderr) = check(&["--budget", "3s", "--", "python3", fixture]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(json["passed"], false);
+    let (in_flight, reason) = status(&json, "in_flight");
+    assert_eq!(in_flight, "fail");
+    assert!(reason.contains("instead of 200"), "{reason}");
+    let (readiness, _) = status(&json, "readiness");
+    assert_eq!(readiness, "fail", "it never says 503");
+    let (deadline, reason) = status(&json, "deadline");
+    assert_eq!(deadline, "fail");
+    assert!(reason.contains("exited 0"), "{reason}");
+    let (sse, reason) = status(&json, "sse");
+    assert_eq!(sse, "fail");
+    assert!(
+        reason.contains("cut") || reason.contains("reset"),
+        "{reason}"
+    );
+    assert_eq!(status(&json, "exit_status").0, "pass", "it does exit 0");
+}
+
+#[test]
+fn check_refuses_an_unknown_scenario_and_a_missing_command() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .args(["check", "--only", "everything", "--demo"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown scenario \"everything\""),
+        "{stderr}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to check"));
+}
