@@ -47,22 +47,29 @@ fn check_passes_the_reference_service_on_every_scenario() {
     assert_eq!(code, Some(0));
 }
 
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad_service.py");
+
+/// Whether the fixture services can run; they need python3 (fails instead under
+/// `LASTCALL_REQUIRE_SERVICES=1`).
+fn python() -> bool {
+    if Command::new("python3").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "python3 is required for the fixture services"
+    );
+    eprintln!("skipping: python3 is missing");
+    false
+}
+
 #[test]
 fn check_fails_a_service_that_exits_at_once_on_sigterm() {
-    let python = Command::new("python3").arg("--version").output();
-    if python.is_err() {
-        assert!(
-            std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "python3 is required for the fixture services"
-        );
-        eprintln!("skipping: python3 is missing");
+    if !python() {
         return;
     }
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/exits_at_once.py"
-    );
-    let (code, json, stderr) = check(&["--budget", "3s", "--", "python3", fixture]);
+    let (code, json, stderr) =
+        check(&["--budget", "3s", "--", "python3", FIXTURE, "exits-at-once"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(json["passed"], false);
     let (in_flight, reason) = status(&json, "in_flight");
@@ -100,4 +107,68 @@ fn check_refuses_an_unknown_scenario_and_a_missing_command() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to check"));
+}
+
+#[test]
+fn check_fails_each_broken_service_on_the_scenario_it_breaks_with_the_reason() {
+    if !python() {
+        return;
+    }
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "never-unready",
+            &["--only", "readiness"],
+            "readiness",
+            "instead of 503",
+        ),
+        (
+            "hangs",
+            &["--only", "deadline", "--tolerance", "1s"],
+            "deadline",
+            "no deadline of its own",
+        ),
+        (
+            "resets",
+            &["--only", "in_flight"],
+            "in_flight",
+            "connection reset",
+        ),
+        (
+            "rejects-during-drain",
+            &["--only", "keep_alive"],
+            "keep_alive",
+            "was not served",
+        ),
+        (
+            "severs-sse",
+            &["--only", "sse"],
+            "sse",
+            "without its final chunk",
+        ),
+    ];
+    for (mode, options, scenario, expected) in cases {
+        let mut args = vec!["--budget", "3s"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&["--", "python3", FIXTURE, mode]);
+        let (code, json, stderr) = check(&args);
+        assert_eq!(code, Some(1), "{mode}: {json:#}\n{stderr}");
+        let (status, reason) = status(&json, scenario);
+        assert_eq!(status, "fail", "{mode}: {json:#}");
+        assert!(
+            reason.contains(expected),
+            "{mode}: expected {expected:?} in {reason:?}"
+        );
+    }
+    // What severs-sse gets right passes: verdicts are per scenario.
+    let (code, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "exit_status,readiness",
+        "--",
+        "python3",
+        FIXTURE,
+        "severs-sse",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}");
 }

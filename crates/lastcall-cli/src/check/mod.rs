@@ -232,20 +232,20 @@ fn print_table(outcomes: &[Outcome]) {
         .iter()
         .map(|o| o.measurement.len())
         .max()
-        .unwrap_or(0)
-        .min(72);
+        .unwrap_or(0);
     println!(
         "{:<18} {:<6} {:<width$}  reason",
         "scenario", "result", "measurement"
     );
     for o in outcomes {
-        println!(
+        let line = format!(
             "{:<18} {:<6} {:<width$}  {}",
             o.scenario,
             o.status.to_uppercase(),
             o.measurement,
             o.reason.as_deref().unwrap_or("")
         );
+        println!("{}", line.trim_end());
     }
     let failed = outcomes.iter().filter(|o| o.status == "fail").count();
     let passed = outcomes.iter().filter(|o| o.status == "pass").count();
