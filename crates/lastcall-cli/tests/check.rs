@@ -172,3 +172,24 @@ fn check_fails_each_broken_service_on_the_scenario_it_breaks_with_the_reason() {
     ]);
     assert_eq!(code, Some(0), "{json:#}");
 }
+
+#[test]
+fn check_passes_a_graceful_service_written_in_node() {
+    if Command::new("node").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "node is required for the Node.js fixture"
+        );
+        eprintln!("skipping: node is missing");
+        return;
+    }
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/graceful.js");
+    let (code, json, stderr) = check(&["--budget", "3s", "--", "node", fixture]);
+    for scenario in json["scenarios"].as_array().unwrap() {
+        assert_eq!(
+            scenario["status"], "pass",
+            "{scenario:#}\nstderr:\n{stderr}"
+        );
+    }
+    assert_eq!(code, Some(0));
+}
