@@ -193,3 +193,58 @@ fn check_passes_a_graceful_service_written_in_node() {
     }
     assert_eq!(code, Some(0));
 }
+
+/// The pids of processes whose command line contains `token`.
+fn processes_with(token: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(token))
+        })
+        .collect()
+}
+
+#[test]
+fn interrupting_the_checker_leaves_no_service_behind() {
+    if !python() {
+        return;
+    }
+    let token = format!("lastcall-ctrl-c-test-{}", std::process::id());
+    let mut checker = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .args([
+            "check", "--budget", "30s", "--only", "deadline", "--", "python3", FIXTURE, "hangs",
+            &token,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while processes_with(&token).is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the service never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(checker.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(checker.wait().unwrap().code(), Some(130));
+    let stopped = std::time::Instant::now();
+    while !processes_with(&token).is_empty() {
+        assert!(
+            stopped.elapsed() < std::time::Duration::from_secs(10),
+            "the service outlived the checker: {:?}",
+            processes_with(&token)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
