@@ -33,7 +33,8 @@ fn status<'a>(json: &'a Value, scenario: &str) -> (&'a str, &'a str) {
 
 #[test]
 fn check_passes_the_reference_service_on_every_scenario() {
-    let (code, json, stderr) = check(&["--demo"]);
+    let html = std::env::temp_dir().join(format!("lastcall-check-{}.html", std::process::id()));
+    let (code, json, stderr) = check(&["--demo", "--html", html.to_str().unwrap()]);
     assert_eq!(json["schema"], "lastcall-check/1");
     let scenarios = json["scenarios"].as_array().unwrap();
     assert_eq!(scenarios.len(), 10, "{json:#}");
@@ -45,6 +46,16 @@ fn check_passes_the_reference_service_on_every_scenario() {
     }
     assert_eq!(json["passed"], true);
     assert_eq!(code, Some(0));
+    // The HTML report: one section and one timeline per scenario, with the signal on it.
+    let page = std::fs::read_to_string(&html).unwrap();
+    let _ = std::fs::remove_file(&html);
+    assert_eq!(page.matches("<section>").count(), 10);
+    assert_eq!(page.matches("<svg").count(), 10);
+    assert!(page.contains("every scenario passed"));
+    assert!(
+        page.contains("SIGTERM ("),
+        "the signal is marked on the timelines"
+    );
 }
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad_service.py");

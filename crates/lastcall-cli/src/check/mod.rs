@@ -18,6 +18,9 @@ use crate::flags::CheckArgs;
 mod client;
 mod scenario;
 mod service;
+mod timeline;
+
+use timeline::escape;
 
 /// Everything a scenario needs to know about the service under test.
 #[derive(Debug, Clone)]
@@ -54,6 +57,9 @@ struct Outcome {
     measurement: String,
     reason: Option<String>,
     duration_ms: u64,
+    /// The timeline picture, for `--html` only.
+    #[serde(skip)]
+    svg: String,
 }
 
 /// The JSON document `--json` prints.
@@ -121,6 +127,7 @@ async fn run(args: CheckArgs) -> anyhow::Result<bool> {
                 measurement: String::new(),
                 reason: Some("skipped with --skip".into()),
                 duration_ms: 0,
+                svg: String::new(),
             });
             continue;
         }
@@ -131,12 +138,13 @@ async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         }
         let started = Instant::now();
         let outcome = match scenario::run(name, &spec).await {
-            Ok(finding) => Outcome {
+            Ok((finding, timeline)) => Outcome {
                 scenario: name,
                 status: if finding.passed { "pass" } else { "fail" },
                 measurement: finding.measurement,
                 reason: finding.reason,
                 duration_ms: started.elapsed().as_millis() as u64,
+                svg: timeline.svg(),
             },
             Err(err) => Outcome {
                 scenario: name,
@@ -144,6 +152,7 @@ async fn run(args: CheckArgs) -> anyhow::Result<bool> {
                 measurement: String::new(),
                 reason: Some(format!("{err:#}")),
                 duration_ms: started.elapsed().as_millis() as u64,
+                svg: String::new(),
             },
         };
         if live {
@@ -154,6 +163,11 @@ async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         outcomes.push(outcome);
     }
     let passed = outcomes.iter().all(|o| o.status != "fail");
+    if let Some(path) = &args.html {
+        std::fs::write(path, html(&spec, &outcomes, passed))
+            .with_context(|| format!("writing the HTML report to {}", path.display()))?;
+        eprintln!("lastcall check: wrote {}", path.display());
+    }
     if args.json {
         let summary = Summary {
             schema: "lastcall-check/1",
@@ -261,4 +275,40 @@ impl Drop for TempFile {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
         }
     }
+}
+
+/// The self-contained HTML report: a section per scenario with its verdict and timeline.
+fn html(spec: &Spec, outcomes: &[Outcome], passed: bool) -> String {
+    let mut page = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>lastcall check</title><style>\
+         body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+         h1{font-size:1.4em}section{border-top:1px solid #ddd;padding:.6em 0}\
+         .pass{color:#2a7}.fail{color:#d33}.skip{color:#888}code{background:#f4f4f4;padding:0 .3em}\
+         </style></head><body>",
+    );
+    page.push_str(&format!(
+        "<h1>lastcall check: <span class=\"{cls}\">{verdict}</span></h1><p><code>{cmd}</code> · budget {b} ms · drain delay {d} ms</p>",
+        cls = if passed { "pass" } else { "fail" },
+        verdict = if passed { "every scenario passed" } else { "some scenarios failed" },
+        cmd = escape(&spec.command.join(" ")),
+        b = spec.budget.as_millis(),
+        d = spec.drain_delay.as_millis(),
+    ));
+    for o in outcomes {
+        page.push_str(&format!(
+            "<section><h2><span class=\"{status}\">{upper}</span> {name}</h2><p>{measurement}</p>{reason}{svg}</section>",
+            status = o.status,
+            upper = o.status.to_uppercase(),
+            name = escape(o.scenario),
+            measurement = escape(&o.measurement),
+            reason = o
+                .reason
+                .as_deref()
+                .map(|r| format!("<p class=\"fail\">{}</p>", escape(r)))
+                .unwrap_or_default(),
+            svg = o.svg,
+        ));
+    }
+    page.push_str("</body></html>\n");
+    page
 }

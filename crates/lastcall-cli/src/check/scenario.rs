@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::client::{self, Outcome};
 use super::service::Service;
+use super::timeline::Timeline;
 use super::Spec;
 
 /// Every scenario, in the order they run.
@@ -51,7 +52,7 @@ impl Finding {
 }
 
 /// Runs the scenario called `name`.
-pub(crate) async fn run(name: &str, spec: &Spec) -> anyhow::Result<Finding> {
+pub(crate) async fn run(name: &str, spec: &Spec) -> anyhow::Result<(Finding, Timeline)> {
     let mut service = Service::start(spec).await?;
     let finding = match name {
         "in_flight" => in_flight(spec, &mut service).await,
@@ -66,7 +67,7 @@ pub(crate) async fn run(name: &str, spec: &Spec) -> anyhow::Result<Finding> {
         "exit_status" => exit_status(spec, &mut service).await,
         other => anyhow::bail!("unknown scenario {other:?}"),
     };
-    Ok(finding)
+    Ok((finding, service.timeline.clone()))
 }
 
 fn ms(d: Duration) -> u128 {
@@ -101,12 +102,19 @@ async fn slow_request(
 
 /// 1. An in-flight request completes after the signal.
 async fn in_flight(spec: &Spec, service: &mut Service) -> Finding {
+    let sent = Instant::now();
     let mut stream = match slow_request(spec, service, Duration::from_millis(1000)).await {
         Ok(stream) => stream,
         Err(finding) => return finding,
     };
     let signalled = service.signal(spec.signal);
     let outcome = client::read(&mut stream, patience(spec)).await;
+    service.timeline.span(
+        sent,
+        Instant::now(),
+        format!("slow request: {}", outcome.describe()),
+        outcome.is_ok(),
+    );
     let answered = signalled.elapsed();
     let exit = service.exit(patience(spec)).await;
     if !outcome.is_ok() {
@@ -150,11 +158,22 @@ async fn keep_alive(spec: &Spec, service: &mut Service) -> Finding {
             "readiness never answered 503, so the drain delay cannot be observed",
         );
     }
+    let sent = Instant::now();
     let during_reused = match client::send(&mut reused, &spec.path).await {
         Ok(()) => client::read(&mut reused, patience(spec)).await,
         Err(outcome) => outcome,
     };
     let during_new = client::get(service.addr, &spec.path, patience(spec)).await;
+    service.timeline.span(
+        sent,
+        Instant::now(),
+        format!(
+            "reused + new during the delay: {} / {}",
+            during_reused.describe(),
+            during_new.describe()
+        ),
+        during_reused.is_ok() && during_new.is_ok(),
+    );
     let in_delay = signalled.elapsed() < spec.drain_delay;
     if !during_reused.is_ok() || !during_new.is_ok() {
         return Finding::fail(
@@ -174,6 +193,7 @@ async fn keep_alive(spec: &Spec, service: &mut Service) -> Finding {
             "new connections were still accepted at the end of the budget",
         );
     };
+    let sent = Instant::now();
     let after_reused = match after.as_mut() {
         Some(stream) => match client::send(stream, &spec.path).await {
             Ok(()) => client::read(stream, patience(spec)).await,
@@ -183,6 +203,12 @@ async fn keep_alive(spec: &Spec, service: &mut Service) -> Finding {
         },
         None => Outcome::ClosedBeforeResponse,
     };
+    service.timeline.span(
+        sent,
+        Instant::now(),
+        format!("reused after the close: {}", after_reused.describe()),
+        !matches!(after_reused, Outcome::Reset | Outcome::Truncated),
+    );
     let acceptable = matches!(
         &after_reused,
         Outcome::Complete {
@@ -228,12 +254,19 @@ async fn readiness(spec: &Spec, service: &mut Service) -> Finding {
 
 /// 4. Time from the last in-flight response to exit.
 async fn drain_completion(spec: &Spec, service: &mut Service) -> Finding {
+    let sent = Instant::now();
     let mut stream = match slow_request(spec, service, Duration::from_millis(500)).await {
         Ok(stream) => stream,
         Err(finding) => return finding,
     };
     service.signal(spec.signal);
     let outcome = client::read(&mut stream, patience(spec)).await;
+    service.timeline.span(
+        sent,
+        Instant::now(),
+        format!("slow request: {}", outcome.describe()),
+        outcome.is_ok(),
+    );
     let answered = Instant::now();
     drop(stream);
     let Some((status, exited)) = service.exit(patience(spec)).await else {
@@ -312,6 +345,12 @@ async fn deadline(spec: &Spec, service: &mut Service) -> Finding {
             ),
         );
     };
+    service.timeline.span(
+        signalled,
+        exited,
+        "a request that never completes",
+        !status.success(),
+    );
     let measurement = format!(
         "exit {} ms after the signal, {status}",
         ms(exited - signalled)
@@ -328,6 +367,7 @@ async fn deadline(spec: &Spec, service: &mut Service) -> Finding {
 
 /// 7. A second signal and a SIGINT during the drain change nothing.
 async fn second_signal(spec: &Spec, service: &mut Service) -> Finding {
+    let sent = Instant::now();
     let mut stream = match slow_request(spec, service, Duration::from_millis(800)).await {
         Ok(stream) => stream,
         Err(finding) => return finding,
@@ -338,6 +378,12 @@ async fn second_signal(spec: &Spec, service: &mut Service) -> Finding {
     service.signal(spec.signal);
     service.signal(Signal::SIGINT);
     let outcome = client::read(&mut stream, patience(spec)).await;
+    service.timeline.span(
+        sent,
+        Instant::now(),
+        format!("slow request: {}", outcome.describe()),
+        outcome.is_ok(),
+    );
     let exit = service.exit(patience(spec)).await;
     let measurement = format!(
         "in-flight request: {}; exit: {}",
@@ -385,6 +431,15 @@ async fn idle_connections(spec: &Spec, service: &mut Service) -> Finding {
         }
     }
     let exit = service.exit(patience(spec)).await;
+    service.timeline.span(
+        signalled,
+        last_close,
+        format!(
+            "{} idle connections closing ({resets} reset)",
+            spec.connections
+        ),
+        resets == 0 && open == 0,
+    );
     let measurement = format!(
         "{} connections: last closed {} ms after the signal, {resets} reset, {open} never closed",
         spec.connections,
@@ -422,6 +477,12 @@ async fn sse(spec: &Spec, service: &mut Service) -> Finding {
     }
     let signalled = service.signal(spec.signal);
     let ended = client::read_to_close(&mut stream, patience(spec)).await;
+    service.timeline.span(
+        signalled,
+        Instant::now(),
+        "event stream after the signal",
+        matches!(&ended, Ok(rest) if rest.ends_with(b"0\r\n\r\n")),
+    );
     let at = signalled.elapsed();
     let _ = service.exit(patience(spec)).await;
     match ended {

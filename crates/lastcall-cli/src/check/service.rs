@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use super::client::{self, Outcome};
+use super::timeline::Timeline;
 use super::Spec;
 
 /// How much of the child's stderr is kept to show when it fails.
@@ -25,11 +26,14 @@ pub(crate) struct Service {
     pub(crate) addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
     exited: Option<(ExitStatus, Instant)>,
+    /// What happened, for the `--html` report.
+    pub(crate) timeline: Timeline,
 }
 
 impl Service {
     /// Starts the service on a free port and waits until its readiness path answers 200.
     pub(crate) async fn start(spec: &Spec) -> anyhow::Result<Service> {
+        let timeline = Timeline::new();
         let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .context("finding a free port")?
@@ -87,6 +91,7 @@ impl Service {
             addr,
             stderr,
             exited: None,
+            timeline,
         };
         let deadline = Instant::now() + spec.start_timeout;
         loop {
@@ -100,6 +105,7 @@ impl Service {
                 .await
                 .is_ok()
             {
+                service.timeline.mark(Instant::now(), "ready");
                 return Ok(service);
             }
             if Instant::now() > deadline {
@@ -115,16 +121,20 @@ impl Service {
     }
 
     /// Sends `signal` to the service process itself.
-    pub(crate) fn signal(&self, signal: Signal) -> Instant {
+    pub(crate) fn signal(&mut self, signal: Signal) -> Instant {
         let _ = kill(self.pid, signal);
-        Instant::now()
+        let at = Instant::now();
+        self.timeline.mark(at, signal.as_str());
+        at
     }
 
     /// Waits (at most `limit`) for the service to exit; returns its status and when it exited.
     pub(crate) async fn exit(&mut self, limit: Duration) -> Option<(ExitStatus, Instant)> {
         if self.exited.is_none() {
             if let Ok(Ok(status)) = tokio::time::timeout(limit, self.child.wait()).await {
-                self.exited = Some((status, Instant::now()));
+                let at = Instant::now();
+                self.timeline.mark(at, format!("exit ({status})"));
+                self.exited = Some((status, at));
             }
         }
         self.exited
@@ -132,13 +142,20 @@ impl Service {
 
     /// Polls readiness until it answers 503 or the listener refuses; returns what it saw first
     /// and when.
-    pub(crate) async fn watch_readiness(&self, spec: &Spec, limit: Duration) -> (Outcome, Instant) {
+    pub(crate) async fn watch_readiness(
+        &mut self,
+        spec: &Spec,
+        limit: Duration,
+    ) -> (Outcome, Instant) {
         let deadline = Instant::now() + limit;
         loop {
             let outcome = client::get(self.addr, &spec.ready_path, Duration::from_secs(2)).await;
             let done = !matches!(outcome, Outcome::Complete { status: 200, .. });
             if done || Instant::now() > deadline {
-                return (outcome, Instant::now());
+                let at = Instant::now();
+                self.timeline
+                    .mark(at, format!("readiness: {}", outcome.describe()));
+                return (outcome, at);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -146,11 +163,15 @@ impl Service {
 
     /// Polls connecting until the listener refuses; returns when, or `None` if it still
     /// accepted at `limit`.
-    pub(crate) async fn wait_listener_closed(&self, limit: Duration) -> Option<Instant> {
+    pub(crate) async fn wait_listener_closed(&mut self, limit: Duration) -> Option<Instant> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             match client::connect(self.addr).await {
-                Err(Outcome::Refused) => return Some(Instant::now()),
+                Err(Outcome::Refused) => {
+                    let at = Instant::now();
+                    self.timeline.mark(at, "listener closed");
+                    return Some(at);
+                }
                 Err(_) => {}
                 Ok(stream) => drop(stream),
             }
