@@ -80,11 +80,8 @@ fn patience(spec: &Spec) -> Duration {
 }
 
 /// Starts a slow request that outlives the drain delay.
-async fn slow_request(
-    spec: &Spec,
-    service: &Service,
-    extra: Duration,
-) -> Result<TcpStream, Finding> {
+async fn slow_request(spec: &Spec, service: &Service, extra: Duration) -> Result<Slow, Finding> {
+    let sent = Instant::now();
     let millis = ms(spec.drain_delay + extra);
     let mut stream = client::connect(service.addr)
         .await
@@ -97,24 +94,35 @@ async fn slow_request(
                 format!("could not send the slow request: {}", o.describe()),
             )
         })?;
-    Ok(stream)
+    Ok(Slow { stream, sent })
 }
 
-/// 1. An in-flight request completes after the signal.
-async fn in_flight(spec: &Spec, service: &mut Service) -> Finding {
-    let sent = Instant::now();
-    let mut stream = match slow_request(spec, service, Duration::from_millis(1000)).await {
-        Ok(stream) => stream,
-        Err(finding) => return finding,
-    };
-    let signalled = service.signal(spec.signal);
-    let outcome = client::read(&mut stream, patience(spec)).await;
+/// A slow request on its way.
+struct Slow {
+    stream: TcpStream,
+    sent: Instant,
+}
+
+/// Reads the slow request's answer and puts its span on the timeline.
+async fn finish_slow(spec: &Spec, service: &mut Service, mut slow: Slow) -> Outcome {
+    let outcome = client::read(&mut slow.stream, patience(spec)).await;
     service.timeline.span(
-        sent,
+        slow.sent,
         Instant::now(),
         format!("slow request: {}", outcome.describe()),
         outcome.is_ok(),
     );
+    outcome
+}
+
+/// 1. An in-flight request completes after the signal.
+async fn in_flight(spec: &Spec, service: &mut Service) -> Finding {
+    let slow = match slow_request(spec, service, Duration::from_millis(1000)).await {
+        Ok(slow) => slow,
+        Err(finding) => return finding,
+    };
+    let signalled = service.signal(spec.signal);
+    let outcome = finish_slow(spec, service, slow).await;
     let answered = signalled.elapsed();
     let exit = service.exit(patience(spec)).await;
     if !outcome.is_ok() {
@@ -254,21 +262,14 @@ async fn readiness(spec: &Spec, service: &mut Service) -> Finding {
 
 /// 4. Time from the last in-flight response to exit.
 async fn drain_completion(spec: &Spec, service: &mut Service) -> Finding {
-    let sent = Instant::now();
-    let mut stream = match slow_request(spec, service, Duration::from_millis(500)).await {
-        Ok(stream) => stream,
+    let slow = match slow_request(spec, service, Duration::from_millis(500)).await {
+        Ok(slow) => slow,
         Err(finding) => return finding,
     };
     service.signal(spec.signal);
-    let outcome = client::read(&mut stream, patience(spec)).await;
-    service.timeline.span(
-        sent,
-        Instant::now(),
-        format!("slow request: {}", outcome.describe()),
-        outcome.is_ok(),
-    );
+    // The stream is closed as soon as its answer is read, as a client does.
+    let outcome = finish_slow(spec, service, slow).await;
     let answered = Instant::now();
-    drop(stream);
     let Some((status, exited)) = service.exit(patience(spec)).await else {
         return Finding::fail(
             outcome.describe(),
@@ -367,9 +368,8 @@ async fn deadline(spec: &Spec, service: &mut Service) -> Finding {
 
 /// 7. A second signal and a SIGINT during the drain change nothing.
 async fn second_signal(spec: &Spec, service: &mut Service) -> Finding {
-    let sent = Instant::now();
-    let mut stream = match slow_request(spec, service, Duration::from_millis(800)).await {
-        Ok(stream) => stream,
+    let slow = match slow_request(spec, service, Duration::from_millis(800)).await {
+        Ok(slow) => slow,
         Err(finding) => return finding,
     };
     service.signal(spec.signal);
@@ -377,13 +377,7 @@ async fn second_signal(spec: &Spec, service: &mut Service) -> Finding {
     let _ = seen;
     service.signal(spec.signal);
     service.signal(Signal::SIGINT);
-    let outcome = client::read(&mut stream, patience(spec)).await;
-    service.timeline.span(
-        sent,
-        Instant::now(),
-        format!("slow request: {}", outcome.describe()),
-        outcome.is_ok(),
-    );
+    let outcome = finish_slow(spec, service, slow).await;
     let exit = service.exit(patience(spec)).await;
     let measurement = format!(
         "in-flight request: {}; exit: {}",
