@@ -235,8 +235,15 @@ fn interrupting_the_checker_leaves_no_service_behind() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // The checker's own command line holds the token too: wait for another process, the service.
+    let service = || -> Vec<u32> {
+        processes_with(&token)
+            .into_iter()
+            .filter(|pid| *pid != checker.id())
+            .collect()
+    };
     let started = std::time::Instant::now();
-    while processes_with(&token).is_empty() {
+    while service().is_empty() {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),
             "the service never started"

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use nix::sys::signal::Signal;
 use serde::Serialize;
+use tokio::signal::unix::SignalKind;
 
 use crate::flags::CheckArgs;
 
@@ -85,6 +86,14 @@ pub(crate) fn main(args: CheckArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Installed before any service starts, so an early Ctrl+C still cleans up.
+        let mut interrupt = match tokio::signal::unix::signal(SignalKind::interrupt()) {
+            Ok(interrupt) => interrupt,
+            Err(err) => {
+                eprintln!("lastcall check: cannot listen for SIGINT: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
         tokio::select! {
             result = run(args) => match result {
                 Ok(true) => ExitCode::SUCCESS,
@@ -95,7 +104,7 @@ pub(crate) fn main(args: CheckArgs) -> ExitCode {
                 }
             },
             // Dropping `run` drops the running service, which kills its process group.
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 eprintln!("lastcall check: interrupted; the service under test was stopped");
                 ExitCode::from(130)
             }
