@@ -540,3 +540,43 @@ async fn silent_and_idle_clients_are_disconnected_by_the_idle_timeout() {
     server.trigger.clone().trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
+
+#[tokio::test]
+async fn connections_waiting_in_the_accept_backlog_are_served_not_reset() {
+    let controller = Controller::builder().ignore_env().build().unwrap();
+    let shutdown = controller.shutdown();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Connected, request sent, but not yet accepted by the server: they sit in the kernel's
+    // accept queue when the listener closes.
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        send(&mut stream, &format!("/orders/{i}")).await;
+        clients.push(stream);
+    }
+    // Holds the shutdown in wait-for-work while the server handles them.
+    let job = shutdown.tracker().job("held by the test");
+    let trigger = controller.trigger();
+    let run = tokio::spawn(controller.run_with_report());
+    trigger.trigger("test");
+    shutdown.reached(Phase::StopAccepting).await;
+
+    let service = DrainLayer::new(shutdown.clone()).layer(app(shutdown.clone()));
+    let served = tokio::spawn(lastcall::http::serve_std(
+        listener,
+        service,
+        shutdown.clone(),
+        ServeConfig::default(),
+    ));
+    for (i, client) in clients.iter_mut().enumerate() {
+        let answer = read_answer(client).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, format!("{{\"id\":{i}}}"));
+        assert_eq!(answer.header("connection").as_deref(), Some("close"));
+        assert_closed_cleanly(client).await;
+    }
+    drop(job);
+    assert_eq!(run.await.unwrap().exit, Exit::Clean);
+    served.await.unwrap().unwrap();
+}

@@ -79,7 +79,9 @@ impl ServeConfig {
 ///
 /// - During the drain delay everything is served normally.
 /// - At stop-accepting the listener closes (new connections are refused, which balancers
-///   retry elsewhere); idle HTTP/1 keep-alive connections close at once, busy ones answer their
+///   retry elsewhere); connections already waiting in the kernel's accept queue are accepted
+///   first and their request answered with `Connection: close`, where closing the listener
+///   would have reset them; idle HTTP/1 keep-alive connections close at once, busy ones answer their
 ///   current request with `Connection: close` and then close; HTTP/2 connections get GOAWAY and
 ///   finish their streams. Closing sends FIN and waits (bounded) for the client's, never a
 ///   reset.
@@ -138,6 +140,7 @@ where
                     builder.clone(),
                     shutdown.clone(),
                     config.clone(),
+                    Arrival::BeforeStop,
                 ));
             }
             Err(error) => {
@@ -147,8 +150,27 @@ where
             }
         }
     }
+    // Connections the kernel completed but nobody accepted yet would be reset when the listener
+    // closes: accept them now and answer their first request with `Connection: close`.
+    let mut late = builder.clone();
+    late.http1().keep_alive(false);
+    let mut backlog = 0usize;
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
+    {
+        backlog += 1;
+        let _ = stream.set_nodelay(true);
+        connections.spawn(connection(
+            stream,
+            peer,
+            service.clone(),
+            late.clone(),
+            shutdown.clone(),
+            config.clone(),
+            Arrival::AfterStop,
+        ));
+    }
     drop(listener);
-    tracing::info!(addr = ?local, "listener closed; new connections are refused");
+    tracing::info!(addr = ?local, backlog, "listener closed; new connections are refused");
     connections.close();
     connections.wait().await;
     tracing::debug!(addr = ?local, "every connection closed");
@@ -185,6 +207,7 @@ async fn connection<S, B>(
     builder: auto::Builder<TokioExecutor>,
     shutdown: Shutdown,
     config: ServeConfig,
+    arrival: Arrival,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -211,7 +234,9 @@ async fn connection<S, B>(
     let cut = shutdown.reached(Phase::FlushTelemetry);
     let idle = tokio::time::sleep(config.idle_timeout);
     tokio::pin!(stop, cut, idle);
-    let mut draining = false;
+    // A connection taken from the backlog after stop-accepting has keep-alive off already; a
+    // graceful shutdown now would close it before its request is read.
+    let mut draining = arrival == Arrival::AfterStop;
     loop {
         tokio::select! {
             ended = conn.as_mut() => {
@@ -242,6 +267,13 @@ async fn connection<S, B>(
             }
         }
     }
+}
+
+/// When a connection was accepted, relative to stop-accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    BeforeStop,
+    AfterStop,
 }
 
 /// The connection's socket, which closes politely once the shutdown has begun: when hyper is
