@@ -3,7 +3,7 @@
 //! Configuration is checked once, when the [`Controller`](crate::Controller) is built, so a bad
 //! setting stops the process at startup instead of surprising it at shutdown. Failures *during*
 //! a shutdown are not errors: they are recorded in the [`Report`](crate::Report) and reflected
-//! in the [`Exit`](crate::Exit) code.
+//! in the [`Exit`] code.
 
 use std::fmt;
 use std::process::ExitCode;
