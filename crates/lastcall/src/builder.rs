@@ -11,7 +11,7 @@ use crate::shutdown::Shared;
 use crate::{Budget, Controller, Signal};
 
 /// Every environment variable the builder reads.
-pub(crate) const ENV_NAMES: [&str; 7] = [
+pub(crate) const ENV_NAMES: [&str; 8] = [
     "LASTCALL_BUDGET",
     "LASTCALL_DRAIN_DELAY",
     "LASTCALL_STOP_TIMEOUT",
@@ -19,6 +19,7 @@ pub(crate) const ENV_NAMES: [&str; 7] = [
     "LASTCALL_CLOSE_TIMEOUT",
     "LASTCALL_SIGNALS",
     "LASTCALL_FORCE_EXIT",
+    "LASTCALL_REPORT_FILE",
 ];
 
 /// `LASTCALL_*` variables that belong to lastcall's tools, not to the controller; they are
@@ -37,6 +38,7 @@ const TOOL_NAMES: [&str; 1] = ["LASTCALL_REQUIRE_SERVICES"];
 /// | `LASTCALL_CLOSE_TIMEOUT` | [`Builder::close_timeout`] | `5s` |
 /// | `LASTCALL_SIGNALS` | [`Builder::signals`] | `SIGTERM,SIGINT` |
 /// | `LASTCALL_FORCE_EXIT` | [`Builder::force_exit`] | `never` |
+/// | `LASTCALL_REPORT_FILE` | [`Builder::report_file`] | none |
 ///
 /// Durations are human durations (`25s`, `1500ms`, `1m 30s`). An unknown `LASTCALL_*`
 /// variable is an error (it is most often a typo that would silently change nothing); declare
@@ -67,6 +69,7 @@ pub struct Builder {
     manual_readiness: bool,
     env: EnvSource,
     allowed: Vec<String>,
+    report_file: Option<std::path::PathBuf>,
 }
 
 /// What a repeated interrupt does while a shutdown is already running.
@@ -112,6 +115,7 @@ impl Builder {
             manual_readiness: false,
             env: EnvSource::Process,
             allowed: Vec::new(),
+            report_file: None,
         }
     }
 
@@ -157,6 +161,15 @@ impl Builder {
     pub fn force_exit(mut self, policy: ForceExit) -> Builder {
         self.force = policy;
         self.set(Setting::ForceExit)
+    }
+
+    /// A file the report's human-readable summary is written to at exit (`LASTCALL_REPORT_FILE`),
+    /// at most 4096 bytes: set it to `/dev/termination-log` on Kubernetes and `kubectl describe
+    /// pod` shows how the last shutdown went after the process is gone. The watchdog and the
+    /// forced exit write their last words there too. Checked when the controller is built.
+    pub fn report_file(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
+        self.report_file = Some(path.into());
+        self.set(Setting::ReportFile)
     }
 
     /// Whether a watchdog thread ends the process at the hard deadline (default `true`).
@@ -225,10 +238,27 @@ impl Builder {
         let plan = self
             .budget
             .validate(&|s| origins.get(&s).copied().unwrap_or(Origin::Default))?;
+        if let Some(path) = &self.report_file {
+            // Opened (and created) now, so a path that cannot be written fails at startup,
+            // not when the report is due.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|source| ConfigError::ReportFile {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime);
         }
-        let shared = Arc::new(Shared::new(plan, self.force, self.watchdog));
+        let shared = Arc::new(Shared::new(
+            plan,
+            self.force,
+            self.watchdog,
+            self.report_file.clone(),
+        ));
         let on_signal = {
             let shared = shared.clone();
             Arc::new(move |signal| shared.on_signal(signal))
@@ -315,6 +345,16 @@ impl Builder {
                     value: value.to_owned(),
                     expected: "a comma-separated list of SIGTERM, SIGINT, SIGHUP, SIGQUIT",
                 })?);
+            }
+            Setting::ReportFile => {
+                if value.trim().is_empty() {
+                    return Err(ConfigError::Invalid {
+                        setting,
+                        value: value.to_owned(),
+                        expected: "a file path, such as /dev/termination-log",
+                    });
+                }
+                self.report_file = Some(value.into());
             }
             Setting::ForceExit => {
                 self.force = value.parse().map_err(|_| ConfigError::Invalid {

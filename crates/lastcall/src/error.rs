@@ -34,6 +34,8 @@ pub enum Setting {
     Signals,
     /// `LASTCALL_FORCE_EXIT`, [`Builder::force_exit`](crate::Builder::force_exit).
     ForceExit,
+    /// `LASTCALL_REPORT_FILE`, [`Builder::report_file`](crate::Builder::report_file).
+    ReportFile,
 }
 
 /// Where a setting's value came from.
@@ -148,6 +150,15 @@ pub enum ConfigError {
         /// Where the empty set came from.
         origin: Origin,
     },
+    /// The report file cannot be opened for writing.
+    #[error("{}={} cannot be written: {source}; point it at a writable file (Kubernetes: /dev/termination-log)", Setting::ReportFile.env_name(), path.display())]
+    ReportFile {
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why it cannot be opened.
+        #[source]
+        source: std::io::Error,
+    },
     /// Installing a signal handler failed.
     #[error("cannot listen for {signal}: {source}")]
     Signal {
@@ -179,6 +190,7 @@ impl ConfigError {
             | ConfigError::TooShort { setting, .. } => Some(*setting),
             ConfigError::ReservesExceedBudget { .. } => Some(Setting::Budget),
             ConfigError::NoSignals { .. } | ConfigError::Signal { .. } => Some(Setting::Signals),
+            ConfigError::ReportFile { .. } => Some(Setting::ReportFile),
             ConfigError::NotUnicode { .. }
             | ConfigError::UnknownVariable { .. }
             | ConfigError::NoRuntime => None,
@@ -188,7 +200,7 @@ impl ConfigError {
 
 impl Setting {
     /// Every setting.
-    pub const ALL: [Setting; 7] = [
+    pub const ALL: [Setting; 8] = [
         Setting::Budget,
         Setting::DrainDelay,
         Setting::StopTimeout,
@@ -196,6 +208,7 @@ impl Setting {
         Setting::CloseTimeout,
         Setting::Signals,
         Setting::ForceExit,
+        Setting::ReportFile,
     ];
 
     /// The environment variable that sets it.
@@ -208,6 +221,7 @@ impl Setting {
             Setting::CloseTimeout => "LASTCALL_CLOSE_TIMEOUT",
             Setting::Signals => "LASTCALL_SIGNALS",
             Setting::ForceExit => "LASTCALL_FORCE_EXIT",
+            Setting::ReportFile => "LASTCALL_REPORT_FILE",
         }
     }
 
@@ -221,6 +235,7 @@ impl Setting {
             Setting::CloseTimeout => "Builder::close_timeout",
             Setting::Signals => "Builder::signals",
             Setting::ForceExit => "Builder::force_exit",
+            Setting::ReportFile => "Builder::report_file",
         }
     }
 
@@ -233,6 +248,7 @@ impl Setting {
             Setting::CloseTimeout => "5s",
             Setting::Signals => "SIGTERM,SIGINT",
             Setting::ForceExit => "never",
+            Setting::ReportFile => "/dev/termination-log",
         }
     }
 }

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) plan: Plan,
     pub(crate) force: ForceExit,
     pub(crate) watchdog: bool,
+    /// Where the report's summary goes at exit, if anywhere.
+    pub(crate) report_file: Option<std::path::PathBuf>,
     phase: AtomicU8,
     /// One token per phase, cancelled when the phase is entered.
     tokens: [CancellationToken; 8],
@@ -182,7 +184,12 @@ impl Trigger {
 }
 
 impl Shared {
-    pub(crate) fn new(plan: Plan, force: ForceExit, watchdog: bool) -> Shared {
+    pub(crate) fn new(
+        plan: Plan,
+        force: ForceExit,
+        watchdog: bool,
+        report_file: Option<std::path::PathBuf>,
+    ) -> Shared {
         let tokens: [CancellationToken; 8] = Default::default();
         tokens[Phase::Running.index()].cancel();
         Shared {
@@ -191,6 +198,7 @@ impl Shared {
             plan,
             force,
             watchdog,
+            report_file,
             phase: AtomicU8::new(Phase::Running as u8),
             tokens,
             fired: Mutex::new(Fired::default()),
@@ -281,6 +289,21 @@ impl Shared {
 
     pub(crate) fn current_step(&self) -> Option<(Phase, String)> {
         lock(&self.current_step).clone()
+    }
+
+    /// Writes `summary` to the report file, if one is configured: at most 4096 bytes, the
+    /// limit Kubernetes reads from a termination log.
+    pub(crate) fn write_report_file(&self, summary: &str) {
+        let Some(path) = &self.report_file else {
+            return;
+        };
+        let mut end = summary.len().min(4096);
+        while !summary.is_char_boundary(end) {
+            end -= 1;
+        }
+        if let Err(error) = std::fs::write(path, &summary[..end]) {
+            tracing::warn!(%error, path = %path.display(), "cannot write the report file");
+        }
     }
 }
 

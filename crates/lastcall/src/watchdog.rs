@@ -87,5 +87,6 @@ fn last_words(shared: &Shared, exit: Exit, why: &str) -> ! {
         exit.code()
     );
     let _ = std::io::stderr().write_all(line.as_bytes());
+    shared.write_report_file(&line);
     std::process::exit(i32::from(exit.code()))
 }

@@ -361,6 +361,9 @@ fn failing_and_panicking_close_steps_give_the_cleanup_failed_code() {
 #[test]
 fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
     let budget = Duration::from_secs(1);
+    let report_file =
+        std::env::temp_dir().join(format!("lastcall-watchdog-{}.txt", std::process::id()));
+    let report_path = report_file.display().to_string();
     let fixture = Fixture::ready(
         &["block"],
         &[
@@ -368,6 +371,7 @@ fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
             ("LASTCALL_STOP_TIMEOUT", "100ms"),
             ("LASTCALL_FLUSH_TIMEOUT", "100ms"),
             ("LASTCALL_CLOSE_TIMEOUT", "200ms"),
+            ("LASTCALL_REPORT_FILE", &report_path),
         ],
     );
     let signalled = Instant::now();
@@ -400,6 +404,10 @@ fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
         "names what was active: {}",
         ended.stderr
     );
+    // The last words also reach the report file (Kubernetes' termination log).
+    let written = std::fs::read_to_string(&report_file).unwrap();
+    let _ = std::fs::remove_file(&report_file);
+    assert!(written.contains("the 1000ms budget ran out"), "{written}");
 }
 
 #[test]
@@ -452,6 +460,10 @@ fn bad_configuration_is_rejected_at_startup_with_exit_78() {
             &[("LASTCALL_CLOSE_TIMEOUT", "10ms")],
             "it must be more than 50ms",
         ),
+        (
+            &[("LASTCALL_REPORT_FILE", "/nonexistent-dir/termination-log")],
+            "LASTCALL_REPORT_FILE=/nonexistent-dir/termination-log cannot be written",
+        ),
     ];
     for (env, message) in cases {
         let ended = Fixture::start(&[], env).wait();
@@ -466,4 +478,26 @@ fn bad_configuration_is_rejected_at_startup_with_exit_78() {
             "{env:?}: rejected before starting"
         );
     }
+}
+
+#[test]
+fn the_report_summary_is_written_to_the_report_file_at_exit() {
+    let report_file =
+        std::env::temp_dir().join(format!("lastcall-report-{}.txt", std::process::id()));
+    let path = report_file.display().to_string();
+    let fixture = Fixture::ready(&["work=100"], &[("LASTCALL_REPORT_FILE", &path)]);
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    let written = std::fs::read_to_string(&report_file).unwrap();
+    let _ = std::fs::remove_file(&report_file);
+    assert!(
+        written.starts_with("shutdown (SIGTERM) finished in"),
+        "{written}"
+    );
+    assert!(written.contains("clean shutdown (exit 0)"), "{written}");
+    assert!(
+        written.contains("wait_for_work"),
+        "one line per phase: {written}"
+    );
 }
