@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Rolling restart behind HAProxy: two instances of a server, wrk through HAProxy for 12 s, and
+# at +2 s instance A is restarted (SIGTERM, wait for exit, start, wait until ready), 2 s later
+# instance B. Run for lastcall's stack (bench-server drain: DrainLayer + serve, readiness on
+# /health/ready) and for a plain axum with_graceful_shutdown server (bench-server axum, checked
+# on /), in the same invocation. Prints requests, non-2xx, socket errors and exit statuses.
+#   bash bench/rolling.sh [seconds=12]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-12}
+for tool in haproxy wrk curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install $tool" >&2; exit 1; }
+done
+cargo build -q --release -p lastcall-bench
+bin=${CARGO_TARGET_DIR:-target}/release/bench-server
+tmp=$(mktemp -d)
+declare -A pid
+cleanup() {
+  for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$tmp/haproxy.pid" ] && kill "$(cat "$tmp/haproxy.pid")" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+start() { # mode name port
+  PORT=$3 LASTCALL_DRAIN_DELAY=500ms LASTCALL_BUDGET=10s "$bin" "$1" >"$tmp/$2.out" 2>&1 &
+  pid[$2]=$!
+  for _ in $(seq 1 500); do
+    curl -fs -o /dev/null "http://127.0.0.1:$3/" && return
+    sleep 0.01
+  done
+  echo "instance $2 did not start" >&2
+  exit 1
+}
+
+declare -A exited
+restart() { # mode name port; records the old process's exit status in exited[name]
+  kill -TERM "${pid[$2]}"
+  local status=0
+  wait "${pid[$2]}" || status=$?
+  exited[$2]=$status
+  start "$1" "$2" "$3"
+}
+
+run() { # mode check_path
+  local mode=$1 check=$2 a=18181 b=18182 front=18180
+  cat >"$tmp/haproxy.cfg" <<CFG
+global
+  maxconn 4096
+  pidfile $tmp/haproxy.pid
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  retries 3
+  option redispatch
+  option http-keep-alive
+backend servers
+  balance roundrobin
+  option httpchk GET $check
+  default-server inter 100ms fall 1 rise 1
+  server a 127.0.0.1:$a check
+  server b 127.0.0.1:$b check
+frontend front
+  bind 127.0.0.1:$front
+  default_backend servers
+CFG
+  start "$mode" a "$a"
+  start "$mode" b "$b"
+  haproxy -D -f "$tmp/haproxy.cfg"
+  sleep 0.5
+  wrk -t2 -c32 -d"${seconds}s" "http://127.0.0.1:$front/" >"$tmp/wrk.txt" &
+  local wrk_pid=$!
+  sleep 2
+  restart "$mode" a "$a"
+  sleep 2
+  restart "$mode" b "$b"
+  wait "$wrk_pid"
+  kill "$(cat "$tmp/haproxy.pid")"
+  kill -TERM "${pid[a]}" "${pid[b]}" 2>/dev/null || true
+  wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true
+  local total non2xx errors rps
+  total=$(awk '/requests in/ {print $1}' "$tmp/wrk.txt")
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.txt")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$tmp/wrk.txt")
+  errors=$(awk '/Socket errors/ {print $3, $4, $5, $6, $7, $8, $9, $10}' "$tmp/wrk.txt")
+  printf '%-6s requests %s (%s/s), non-2xx %s, socket errors: %s, exit A %s, exit B %s\n' \
+    "$mode" "$total" "$rps" "${non2xx:-0}" "${errors:-none}" "${exited[a]}" "${exited[b]}"
+}
+
+run drain /health/ready
+run axum /
