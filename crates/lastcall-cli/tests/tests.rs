@@ -7,3 +7,5 @@
 mod demo;
 // `lastcall check` against the reference service and against fixtures that get it wrong.
 mod check;
+// A short rolling restart of `lastcall demo` behind HAProxy.
+mod rolling;
