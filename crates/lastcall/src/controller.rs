@@ -310,7 +310,7 @@ impl Controller {
             exit_code: exit.code(),
         };
         log(&report);
-        shared.write_report_file(&report.to_string());
+        shared.write_report_file(&report);
         #[cfg(feature = "metrics")]
         crate::metrics::record(&report);
         report

@@ -293,10 +293,12 @@ impl Shared {
 
     /// Writes `summary` to the report file, if one is configured: at most 4096 bytes, the
     /// limit Kubernetes reads from a termination log.
-    pub(crate) fn write_report_file(&self, summary: &str) {
+    pub(crate) fn write_report_file(&self, summary: &dyn fmt::Display) {
         let Some(path) = &self.report_file else {
             return;
         };
+        // Formatted only here, so a process without a report file never pays for it.
+        let summary = summary.to_string();
         let mut end = summary.len().min(4096);
         while !summary.is_char_boundary(end) {
             end -= 1;

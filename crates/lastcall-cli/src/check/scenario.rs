@@ -205,9 +205,7 @@ async fn keep_alive(spec: &Spec, service: &mut Service) -> Finding {
     let after_reused = match after.as_mut() {
         Some(stream) => match client::send(stream, &spec.path).await {
             Ok(()) => client::read(stream, patience(spec)).await,
-            // The server closed it cleanly before the request: the client retries elsewhere.
-            Err(Outcome::Reset) => Outcome::Reset,
-            Err(other) => other,
+            Err(outcome) => outcome,
         },
         None => Outcome::ClosedBeforeResponse,
     };

@@ -294,6 +294,16 @@ impl Lingering {
         self.last_io.store(crate::clock::now(), Ordering::Relaxed);
     }
 
+    /// Counts a write that moved bytes as activity, for the idle timeout.
+    fn wrote(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.touch();
+            }
+        }
+        polled
+    }
+
     fn stream(&mut self) -> io::Result<&mut TcpStream> {
         self.stream
             .as_mut()
@@ -329,12 +339,7 @@ impl AsyncWrite for Lingering {
             Ok(stream) => Pin::new(stream).poll_write(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
         };
-        if let Poll::Ready(Ok(n)) = polled {
-            if n > 0 {
-                self.touch();
-            }
-        }
-        polled
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -346,12 +351,7 @@ impl AsyncWrite for Lingering {
             Ok(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
             Err(e) => Poll::Ready(Err(e)),
         };
-        if let Poll::Ready(Ok(n)) = polled {
-            if n > 0 {
-                self.touch();
-            }
-        }
-        polled
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
