@@ -229,10 +229,12 @@ impl Controller {
         let mut steps =
             std::mem::take(&mut *self.steps.lock().unwrap_or_else(PoisonError::into_inner));
         let mut take_steps = |phase: Phase| -> Vec<Step> {
-            let (these, rest) = std::mem::take(&mut steps)
+            let (mut these, rest): (Vec<Step>, Vec<Step>) = std::mem::take(&mut steps)
                 .into_iter()
                 .partition(|s| s.phase == phase);
             steps = rest;
+            // Stable: hand-back steps first, then the rest in registration order.
+            these.sort_by_key(|s| !s.first);
             these
         };
         let mut flow = Flow {
@@ -314,6 +316,20 @@ impl Controller {
         #[cfg(feature = "metrics")]
         crate::metrics::record(&report);
         report
+    }
+
+    /// Registers a close-dependencies step that runs before the ordinary close steps, whatever
+    /// the registration order: workers hand their jobs back through connections the ordinary
+    /// steps close.
+    pub(crate) fn close_first<F, Fut>(&self, name: impl Into<String>, timeout: Duration, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: StepResult,
+    {
+        let mut step = Step::new(Phase::CloseDependencies, name, timeout, f);
+        step.first = true;
+        self.register(step);
     }
 
     fn register(&self, step: Step) {

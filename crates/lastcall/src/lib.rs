@@ -70,6 +70,8 @@ pub mod error;
 pub mod future;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod schedule;
+pub mod worker;
 
 pub use budget::{Budget, Plan, Window};
 pub use builder::{Builder, ForceExit, ParseForceExitError};

@@ -66,6 +66,9 @@ pub(crate) struct Step {
     pub(crate) name: String,
     pub(crate) phase: Phase,
     pub(crate) timeout: Duration,
+    /// Runs before the phase's ordinary steps: a worker handing its jobs back to the queue
+    /// must finish before the connections that hand-back needs are closed.
+    pub(crate) first: bool,
     pub(crate) start: Box<dyn FnOnce() -> BoxFuture + Send>,
 }
 
@@ -85,6 +88,7 @@ impl Step {
             name: name.into(),
             phase,
             timeout,
+            first: false,
             start: Box::new(move || Box::pin(async move { f().await.into_step_result() })),
         }
     }
@@ -152,7 +156,7 @@ pub(crate) async fn run_steps(
 }
 
 /// The error and its sources, joined with `: `.
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -163,7 +167,7 @@ fn error_chain(error: &(dyn StdError + 'static)) -> String {
     text
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -15,3 +15,5 @@ mod process;
 mod http;
 // The work tracker: guards, snapshots, event-driven idleness.
 mod tracker;
+// Workers on SQLite, PostgreSQL and NATS JetStream; the scheduler.
+mod worker;

@@ -1,0 +1,730 @@
+//! Workers, leases and the scheduler against the real queues on this machine.
+//!
+//! Every scenario runs once per adapter: SQLite (a file in the temp dir), PostgreSQL
+//! (`LASTCALL_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`) and NATS
+//! JetStream (`LASTCALL_TEST_NATS`, default `127.0.0.1:4222`). A test whose service is
+//! unreachable prints a notice and passes, unless `LASTCALL_REQUIRE_SERVICES=1`.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lastcall::schedule::Scheduler;
+use lastcall::worker::{
+    Job, NatsQueue, NewJob, PgQueue, Queue, QueueError, Retry, SqliteQueue, Worker,
+};
+use lastcall::{Controller, Exit, Phase, PhaseOutcome};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A controller whose wait-for-work phase ends 2.5 s after the trigger, with a 1 s
+/// close phase for the hand-back.
+fn controller() -> Controller {
+    Controller::builder()
+        .ignore_env()
+        .watchdog(false)
+        .budget(ms(4_000))
+        .drain_delay(Duration::ZERO)
+        .stop_timeout(ms(200))
+        .flush_timeout(ms(200))
+        .close_timeout(ms(1_000))
+        .build()
+        .unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn unreachable(service: &str, error: impl std::fmt::Display) {
+    if std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{service} is required (LASTCALL_REQUIRE_SERVICES=1) but unreachable: {error}");
+    }
+    eprintln!("notice: skipping, {service} is unreachable: {error}");
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(ms(20)).await;
+    }
+}
+
+/// What the scenarios need from an adapter beyond the [`Queue`] trait.
+trait TestQueue: Queue + Clone {
+    /// Jobs waiting or running.
+    fn waiting(&self) -> impl Future<Output = u64> + Send;
+    /// Dead letters.
+    fn dead_letters(&self) -> impl Future<Output = u64> + Send;
+    /// `(backend, target)` for the worker fixture process.
+    fn fixture_args(&self) -> (&'static str, String);
+    /// Removes what the test left on a shared server.
+    fn cleanup(self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+// --- adapters -------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Sqlite {
+    queue: SqliteQueue,
+    path: PathBuf,
+}
+
+async fn sqlite(lease: Duration) -> Option<Sqlite> {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("lastcall_worker")));
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    SqliteQueue::migrate(&pool).await.unwrap();
+    let queue = SqliteQueue::new(pool, "jobs")
+        .unwrap()
+        .lease(lease)
+        .poll_interval(ms(50));
+    Some(Sqlite { queue, path })
+}
+
+impl Queue for Sqlite {
+    type Receipt = <SqliteQueue as Queue>::Receipt;
+    fn name(&self) -> &str {
+        self.queue.name()
+    }
+    fn lease(&self) -> Duration {
+        Queue::lease(&self.queue)
+    }
+    async fn enqueue(&self, job: NewJob) -> Result<String, QueueError> {
+        self.queue.enqueue(job).await
+    }
+    async fn claim(
+        &self,
+        wait: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<lastcall::worker::Delivery<Self::Receipt>>, QueueError> {
+        self.queue.claim(wait, stop).await
+    }
+    async fn renew(&self, receipt: &Self::Receipt) -> Result<(), QueueError> {
+        self.queue.renew(receipt).await
+    }
+    async fn ack(&self, receipt: Self::Receipt) -> Result<(), QueueError> {
+        self.queue.ack(receipt).await
+    }
+    async fn retry(&self, r: Self::Receipt, d: Duration, e: &str) -> Result<(), QueueError> {
+        self.queue.retry(r, d, e).await
+    }
+    async fn release(&self, r: Self::Receipt, d: Duration) -> Result<(), QueueError> {
+        self.queue.release(r, d).await
+    }
+    async fn dead_letter(&self, r: Self::Receipt, e: &str) -> Result<(), QueueError> {
+        self.queue.dead_letter(r, e).await
+    }
+}
+
+impl TestQueue for Sqlite {
+    async fn waiting(&self) -> u64 {
+        self.queue.pending().await.unwrap()
+    }
+    async fn dead_letters(&self) -> u64 {
+        self.queue.dead().await.unwrap()
+    }
+    fn fixture_args(&self) -> (&'static str, String) {
+        ("sqlite", self.path.display().to_string())
+    }
+    async fn cleanup(self) {
+        self.queue.pool().close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+        }
+    }
+}
+
+fn postgres_url() -> String {
+    std::env::var("LASTCALL_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+async fn postgres(lease: Duration) -> Option<PgQueue> {
+    let url = postgres_url();
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&url)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(error) => {
+            unreachable(&format!("PostgreSQL at {url}"), error);
+            return None;
+        }
+    };
+    PgQueue::migrate(&pool).await.unwrap();
+    Some(
+        PgQueue::new(pool, &unique("jobs"))
+            .unwrap()
+            .lease(lease)
+            .poll_interval(ms(200)),
+    )
+}
+
+impl TestQueue for PgQueue {
+    async fn waiting(&self) -> u64 {
+        self.pending().await.unwrap()
+    }
+    async fn dead_letters(&self) -> u64 {
+        self.dead().await.unwrap()
+    }
+    fn fixture_args(&self) -> (&'static str, String) {
+        ("postgres", postgres_url())
+    }
+}
+
+fn nats_address() -> String {
+    std::env::var("LASTCALL_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".into())
+}
+
+async fn nats(lease: Duration) -> Option<NatsQueue> {
+    let address = nats_address();
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(address.as_str());
+    let client = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(error)) => {
+            unreachable(&format!("NATS at {address}"), error);
+            return None;
+        }
+        Err(_) => {
+            unreachable(&format!("NATS at {address}"), "connect timed out");
+            return None;
+        }
+    };
+    Some(
+        NatsQueue::open(client, &unique("jobs"), lease)
+            .await
+            .unwrap(),
+    )
+}
+
+impl TestQueue for NatsQueue {
+    async fn waiting(&self) -> u64 {
+        self.pending().await.unwrap()
+    }
+    async fn dead_letters(&self) -> u64 {
+        self.dead().await.unwrap()
+    }
+    fn fixture_args(&self) -> (&'static str, String) {
+        ("nats", nats_address())
+    }
+    async fn cleanup(self) {
+        self.delete().await.unwrap();
+    }
+}
+
+// --- scenarios ------------------------------------------------------------------------
+
+/// What handlers saw: one entry per run, `id@attempt`, and the finished ids.
+#[derive(Clone, Default)]
+struct Log {
+    started: Arc<Mutex<Vec<String>>>,
+    done: Arc<Mutex<Vec<String>>>,
+}
+
+impl Log {
+    fn start(&self, job: &Job) {
+        self.started
+            .lock()
+            .unwrap()
+            .push(format!("{}@{}", job.id(), job.attempt()));
+    }
+    fn finish(&self, job: &Job) {
+        self.done.lock().unwrap().push(job.id().to_owned());
+    }
+    fn started(&self) -> Vec<String> {
+        self.started.lock().unwrap().clone()
+    }
+    fn done(&self) -> Vec<String> {
+        self.done.lock().unwrap().clone()
+    }
+}
+
+/// A handler that logs its start, sleeps `ms`, and logs its end.
+fn sleeper(
+    log: &Log,
+    for_ms: u64,
+) -> impl Fn(Job) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static {
+    let log = log.clone();
+    move |job: Job| {
+        let log = log.clone();
+        Box::pin(async move {
+            log.start(&job);
+            tokio::time::sleep(ms(for_ms)).await;
+            log.finish(&job);
+        })
+    }
+}
+
+async fn shutdown_mid_job_finishes_and_acks<Q: TestQueue>(queue: Q) {
+    let controller = controller();
+    let log = Log::default();
+    let worker = Worker::new(queue.clone(), sleeper(&log, 800))
+        .claim_wait(ms(500))
+        .spawn(&controller)
+        .unwrap();
+    let id = queue.enqueue(NewJob::new(b"one".to_vec())).await.unwrap();
+    eventually(Duration::from_secs(10), "the job to start", || async {
+        !log.started().is_empty()
+    })
+    .await;
+    controller.trigger().trigger("test");
+    let report = controller.run_with_report().await;
+    assert_eq!(report.exit, Exit::Clean, "{}", report.to_json());
+    assert_eq!(log.done(), vec![id], "the job ran to its end once");
+    assert_eq!(worker.stats().succeeded, 1);
+    assert_eq!(worker.stats().released, 0);
+    assert_eq!(
+        queue.waiting().await,
+        0,
+        "the job was acked, not left behind"
+    );
+    queue.cleanup().await;
+}
+
+async fn a_job_past_the_deadline_is_released_and_a_second_worker_completes_it<Q: TestQueue>(
+    queue: Q,
+) {
+    let first = controller();
+    let stuck = Log::default();
+    let worker = Worker::new(queue.clone(), sleeper(&stuck, 600_000))
+        .claim_wait(ms(500))
+        .release_delay(ms(100))
+        .spawn(&first)
+        .unwrap();
+    let id = queue.enqueue(NewJob::new(b"slow".to_vec())).await.unwrap();
+    eventually(Duration::from_secs(10), "the job to start", || async {
+        !stuck.started().is_empty()
+    })
+    .await;
+    first.trigger().trigger("test");
+    let report = first.run_with_report().await;
+    assert_eq!(report.exit, Exit::WorkCut, "{}", report.to_json());
+    let cut = report
+        .work_at_deadline
+        .expect("the job was active at the deadline");
+    let label = format!("{}#{id}", queue.name());
+    assert!(
+        cut.items.iter().any(|item| item.label == label),
+        "the report names {label}: {:?}",
+        cut.items
+    );
+    assert_eq!(worker.stats().released, 1);
+    assert!(stuck.done().is_empty());
+    assert_eq!(queue.waiting().await, 1, "the job is back in the queue");
+
+    let second = controller();
+    let log = Log::default();
+    let _worker = Worker::new(queue.clone(), sleeper(&log, 10))
+        .claim_wait(ms(500))
+        .spawn(&second)
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the second worker to finish the job",
+        || async { !log.done().is_empty() },
+    )
+    .await;
+    assert_eq!(log.done(), vec![id]);
+    second.trigger().trigger("test");
+    assert_eq!(second.run_with_report().await.exit, Exit::Clean);
+    assert_eq!(queue.waiting().await, 0);
+    queue.cleanup().await;
+}
+
+async fn lease_renewal_keeps_a_long_job_from_being_claimed_twice<Q: TestQueue>(queue: Q) {
+    // The lease is 1 s; the job runs 3.5 s; a second worker polls the queue all along.
+    let controller = controller();
+    let log = Log::default();
+    let a = Worker::new(queue.clone(), sleeper(&log, 3_500))
+        .claim_wait(ms(300))
+        .spawn(&controller)
+        .unwrap();
+    let b = Worker::new(queue.clone(), sleeper(&log, 3_500))
+        .claim_wait(ms(300))
+        .spawn(&controller)
+        .unwrap();
+    let id = queue.enqueue(NewJob::new(b"long".to_vec())).await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the long job to finish",
+        || async { !log.done().is_empty() },
+    )
+    .await;
+    // Past one more lease: a lost lease would show as a second start by now.
+    tokio::time::sleep(ms(1_200)).await;
+    assert_eq!(
+        log.started(),
+        vec![format!("{id}@1")],
+        "claimed exactly once"
+    );
+    assert_eq!(a.stats().claimed + b.stats().claimed, 1);
+    assert_eq!(a.stats().lease_lost + b.stats().lease_lost, 0);
+    controller.trigger().trigger("test");
+    assert_eq!(controller.run_with_report().await.exit, Exit::Clean);
+    assert_eq!(queue.waiting().await, 0);
+    queue.cleanup().await;
+}
+
+async fn failures_retry_with_backoff_then_dead_letter<Q: TestQueue>(queue: Q) {
+    let controller = controller();
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let worker = Worker::new(queue.clone(), move |job: Job| {
+        let runs = counted.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            if job.attempt() == 2 {
+                panic!("attempt 2 panics");
+            }
+            Err::<(), _>(format!("attempt {} fails", job.attempt()))
+        }
+    })
+    .claim_wait(ms(300))
+    .retry(Retry::new(3).base(ms(20)).max(ms(100)))
+    .spawn(&controller)
+    .unwrap();
+    queue
+        .enqueue(NewJob::new(b"doomed".to_vec()))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the job to be dead-lettered",
+        || async { queue.dead_letters().await == 1 },
+    )
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "three attempts, no more");
+    let stats = worker.stats();
+    assert_eq!((stats.retried, stats.dead), (2, 1), "{stats:?}");
+    assert_eq!(queue.waiting().await, 0);
+
+    // The panic did not kill the worker: it still takes jobs.
+    queue.enqueue(NewJob::new(b"after".to_vec())).await.unwrap();
+    eventually(Duration::from_secs(10), "the next job to run", || async {
+        runs.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    controller.trigger().trigger("test");
+    controller.run_with_report().await;
+    queue.cleanup().await;
+}
+
+async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease<Q: TestQueue>(
+    queue: Q,
+) {
+    let (backend, target) = queue.fixture_args();
+    let id = queue
+        .enqueue(NewJob::new(b"orphan".to_vec()))
+        .await
+        .unwrap();
+    let mut child = Command::new(example("worker_fixture"))
+        .args([backend, &target, queue.name(), "1000", "600000"])
+        .env("LASTCALL_BUDGET", "10s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (lines, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = format!("started {id} attempt 1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match read.recv_timeout(left) {
+            Ok(line) if line == started => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the fixture never printed {started:?}: {e}");
+            }
+        }
+    }
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+
+    let controller = controller();
+    let log = Log::default();
+    let _worker = Worker::new(queue.clone(), sleeper(&log, 10))
+        .claim_wait(ms(300))
+        .spawn(&controller)
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the job to be redelivered",
+        || async { !log.done().is_empty() },
+    )
+    .await;
+    assert_eq!(
+        log.started(),
+        vec![format!("{id}@2")],
+        "the second delivery"
+    );
+    // The lease (1 s) ran out first: the kill itself handed nothing back.
+    assert!(
+        killed.elapsed() >= ms(500),
+        "redelivered after {:?}",
+        killed.elapsed()
+    );
+    controller.trigger().trigger("test");
+    assert_eq!(controller.run_with_report().await.exit, Exit::Clean);
+    assert_eq!(queue.waiting().await, 0);
+    queue.cleanup().await;
+}
+
+fn example(name: &str) -> PathBuf {
+    // Tests run from target/<profile>/deps/; cargo builds examples into target/<profile>/examples/.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+macro_rules! adapter_tests {
+    ($adapter:ident, $open:ident) => {
+        mod $adapter {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shutdown_mid_job_finishes_and_acks_the_job() {
+                if let Some(queue) = $open(ms(1_000)).await {
+                    super::shutdown_mid_job_finishes_and_acks(queue).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_job_past_the_deadline_is_released_and_a_second_worker_completes_it() {
+                if let Some(queue) = $open(ms(2_000)).await {
+                    super::a_job_past_the_deadline_is_released_and_a_second_worker_completes_it(
+                        queue,
+                    )
+                    .await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn lease_renewal_keeps_a_long_job_from_being_claimed_twice() {
+                if let Some(queue) = $open(ms(1_000)).await {
+                    super::lease_renewal_keeps_a_long_job_from_being_claimed_twice(queue).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn failures_retry_with_backoff_then_dead_letter() {
+                if let Some(queue) = $open(ms(1_000)).await {
+                    super::failures_retry_with_backoff_then_dead_letter(queue).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease() {
+                if let Some(queue) = $open(ms(1_000)).await {
+                    super::a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease(
+                        queue,
+                    )
+                    .await;
+                }
+            }
+        }
+    };
+}
+
+adapter_tests!(sqlite_queue, sqlite);
+adapter_tests!(postgres_queue, postgres);
+adapter_tests!(nats_queue, nats);
+
+// --- the idempotency helper -------------------------------------------------------------
+
+#[tokio::test]
+async fn sqlite_mark_processed_applies_an_effect_once_per_key() {
+    let queue = sqlite(ms(1_000)).await.unwrap().queue;
+    let pool = queue.pool().clone();
+    sqlx::query("CREATE TABLE effects (key TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let job = Job::new("jobs", "7", Vec::new(), 1, Some("confirm-7".into()));
+    for delivery in 0..3 {
+        let mut tx = pool.begin().await.unwrap();
+        if SqliteQueue::mark_processed(&mut tx, &job).await.unwrap() {
+            sqlx::query("INSERT INTO effects (key) VALUES ('confirm-7')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        // The first delivery rolls back (a crash before commit): its mark goes with it.
+        if delivery == 0 {
+            tx.rollback().await.unwrap();
+        } else {
+            tx.commit().await.unwrap();
+        }
+    }
+    let effects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(effects, 1);
+}
+
+#[tokio::test]
+async fn postgres_mark_processed_applies_an_effect_once_per_key() {
+    let Some(queue) = postgres(ms(1_000)).await else {
+        return;
+    };
+    let pool = queue.pool().clone();
+    let key = unique("confirm");
+    let job = Job::new(queue.name(), "7", Vec::new(), 1, Some(key));
+    let mut marked = Vec::new();
+    for delivery in 0..3 {
+        let mut tx = pool.begin().await.unwrap();
+        marked.push(PgQueue::mark_processed(&mut tx, &job).await.unwrap());
+        if delivery == 0 {
+            tx.rollback().await.unwrap();
+        } else {
+            tx.commit().await.unwrap();
+        }
+    }
+    assert_eq!(
+        marked,
+        vec![true, true, false],
+        "rolled back, applied, redelivery skipped"
+    );
+}
+
+#[tokio::test]
+async fn bad_queue_settings_are_rejected_when_the_worker_starts() {
+    let queue = sqlite(ms(1_000)).await.unwrap().queue;
+    let controller = controller();
+    let zero = Worker::new(queue.clone(), |_job: Job| async {})
+        .concurrency(0)
+        .spawn(&controller)
+        .unwrap_err();
+    assert!(zero.to_string().contains("worker.concurrency"), "{zero}");
+    let short = Worker::new(queue.clone().lease(ms(10)), |_job: Job| async {})
+        .spawn(&controller)
+        .unwrap_err();
+    assert!(short.to_string().contains("lease"), "{short}");
+    let name = SqliteQueue::new(queue.pool().clone(), "no spaces").unwrap_err();
+    assert!(
+        matches!(
+            name,
+            QueueError::Invalid {
+                setting: "name",
+                ..
+            }
+        ),
+        "{name}"
+    );
+}
+
+// --- the scheduler --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_task_running_at_the_trigger_completes_and_no_new_run_starts() {
+    let controller = controller();
+    let scheduler = Scheduler::new(&controller);
+    let log = Log::default();
+    let task_log = log.clone();
+    let task = scheduler
+        .every("report", ms(100), move || {
+            let log = task_log.clone();
+            async move {
+                let job = Job::new("tick", "0", Vec::new(), 1, None);
+                log.start(&job);
+                tokio::time::sleep(ms(700)).await;
+                log.finish(&job);
+            }
+        })
+        .unwrap();
+    eventually(Duration::from_secs(5), "the task to start", || async {
+        !log.started().is_empty()
+    })
+    .await;
+    controller.trigger().trigger("test");
+    let report = controller.run_with_report().await;
+    assert_eq!(report.exit, Exit::Clean, "{}", report.to_json());
+    assert_eq!(
+        report.phase(Phase::WaitForWork).unwrap().outcome,
+        PhaseOutcome::Completed
+    );
+    assert_eq!(log.done().len(), 1, "the running task finished");
+    tokio::time::sleep(ms(400)).await;
+    assert_eq!(log.started().len(), 1, "no run started after the trigger");
+    let stats = task.stats();
+    assert_eq!(stats.runs, 1);
+    assert!(
+        stats.skipped >= 1,
+        "ticks missed during the 700 ms run were skipped: {stats:?}"
+    );
+    scheduler.stopped().await;
+}
+
+#[tokio::test]
+async fn bad_schedules_are_rejected_when_registered() {
+    let controller = controller();
+    let scheduler = Scheduler::new(&controller);
+    let zero = scheduler
+        .every("zero", Duration::ZERO, || async {})
+        .unwrap_err();
+    assert!(zero.to_string().contains("interval is 0"), "{zero}");
+    let cron = scheduler
+        .cron("bad", "every tuesday", || async {})
+        .unwrap_err();
+    assert!(cron.to_string().contains("every tuesday"), "{cron}");
+}
