@@ -1,10 +1,17 @@
 //! `lastcall demo`: the reference orders service on the lastcall library.
 //!
-//! The article's service: `GET /orders/{id}` reads an order from a real SQLite file,
+//! The article's service: `POST /orders` inserts an order and, in the same transaction,
+//! enqueues a "confirm order" job (`?job_ms=N` sets how long the job takes); a worker confirms
+//! each order exactly once (the job's deduplication key is recorded with the confirmation); a
+//! scheduled task counts unconfirmed orders every second. `GET /orders/{id}` reads an order and
+//! its job's state from a real SQLite file,
 //! `GET /reports/slow?ms=N` answers after N ms (a huge N never completes), `GET /events` is a
 //! Server-Sent Events stream with one event per 100 ms, and `/health/live` and `/health/ready`
-//! answer from the shutdown's state. SIGTERM and SIGINT start the shutdown; the SQLite pool is
-//! closed in the close-dependencies phase; the exit status tells how it went.
+//! answer from the shutdown's state, `GET /stats` says what the worker and the scheduled task
+//! did. SIGTERM and SIGINT start the shutdown: the worker stops claiming and the task stops
+//! firing; a job or a task run under way is awaited, and a job still running at the deadline is
+//! handed back to the queue for the next start; the SQLite pool is closed last. The exit
+//! status tells how it went.
 
 use std::convert::Infallible;
 use std::io::IsTerminal;
@@ -19,10 +26,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use lastcall::http::sse::until_shutdown;
 use lastcall::http::{serve_std, DrainLayer, ServeConfig};
+use lastcall::schedule::{Scheduler, TaskHandle};
+use lastcall::worker::{Job, NewJob, SqliteQueue, Worker, WorkerHandle};
 use lastcall::{Controller, Shutdown};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -30,13 +39,19 @@ use tower_layer::Layer as _;
 
 use crate::flags::DemoArgs;
 
-/// How many orders a new database is seeded with.
+/// How many orders a new database is seeded with (already confirmed).
 const SEEDED_ORDERS: i64 = 100;
+
+/// The longest a confirm job may be asked to take (`?job_ms=`).
+const MAX_JOB_MS: u64 = 600_000;
 
 #[derive(Clone)]
 struct AppState {
     pool: SqlitePool,
+    queue: SqliteQueue,
     shutdown: Shutdown,
+    worker: WorkerHandle,
+    task: TaskHandle,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -45,6 +60,54 @@ struct Order {
     item: String,
     quantity: i64,
     status: String,
+    /// How many times the confirmation was applied: 1 once confirmed, never more.
+    confirmations: i64,
+    #[serde(skip)]
+    job_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct OrderView {
+    #[serde(flatten)]
+    order: Order,
+    job: Option<JobView>,
+}
+
+#[derive(Debug, Serialize)]
+struct JobView {
+    id: i64,
+    /// `queued`, `running`, `done` or `dead`.
+    state: &'static str,
+    attempts: i64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewOrder {
+    #[serde(default = "default_item")]
+    item: String,
+    #[serde(default = "default_quantity")]
+    quantity: i64,
+}
+
+fn default_item() -> String {
+    "item-0".into()
+}
+
+fn default_quantity() -> i64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    #[serde(default)]
+    job_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ConfirmOrder {
+    order_id: i64,
+    job_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,15 +176,32 @@ async fn start(
     let local = listener.local_addr().context("reading the bound address")?;
 
     let shutdown = controller.shutdown();
+    let queue = SqliteQueue::new(pool.clone(), "orders")?.lease(Duration::from_secs(10));
+    let worker_pool = pool.clone();
+    let worker = Worker::new(queue.clone(), move |job| confirm(worker_pool.clone(), job))
+        .concurrency(4)
+        .spawn(controller)?;
+    let task_pool = pool.clone();
+    let task = Scheduler::new(controller).every(
+        "count unconfirmed orders",
+        Duration::from_secs(1),
+        move || count_unconfirmed(task_pool.clone()),
+    )?;
     let app = Router::new()
+        .route("/orders", post(create_order))
         .route("/orders/{id}", get(order))
         .route("/reports/slow", get(slow_report))
         .route("/events", get(events))
+        .route("/stats", get(stats))
         .with_state(AppState {
             pool: pool.clone(),
+            queue,
             shutdown: shutdown.clone(),
+            worker,
+            task,
         });
     let service = DrainLayer::new(shutdown.clone()).layer(app);
+    // Runs after the worker's hand-back step, which the worker registers to run first.
     controller.close("sqlite pool", Duration::from_secs(3), move || async move {
         pool.close().await;
     });
@@ -162,12 +242,36 @@ async fn open(path: &PathBuf) -> anyhow::Result<SqlitePool> {
             id INTEGER PRIMARY KEY,
             item TEXT NOT NULL,
             quantity INTEGER NOT NULL,
-            status TEXT NOT NULL DEFAULT 'new'
+            status TEXT NOT NULL DEFAULT 'pending',
+            confirmations INTEGER NOT NULL DEFAULT 0,
+            job_id INTEGER
         )",
     )
     .execute(&pool)
     .await
     .context("creating the orders table")?;
+    // A database from an earlier version of the demo lacks the confirmation columns.
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('orders')")
+        .fetch_all(&pool)
+        .await
+        .context("reading the orders table's columns")?;
+    for (column, ddl) in [
+        (
+            "confirmations",
+            "ALTER TABLE orders ADD COLUMN confirmations INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("job_id", "ALTER TABLE orders ADD COLUMN job_id INTEGER"),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            sqlx::query(ddl)
+                .execute(&pool)
+                .await
+                .with_context(|| format!("adding the column orders.{column}"))?;
+        }
+    }
+    SqliteQueue::migrate(&pool)
+        .await
+        .context("creating the job queue's tables")?;
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders")
         .fetch_one(&pool)
         .await
@@ -175,13 +279,16 @@ async fn open(path: &PathBuf) -> anyhow::Result<SqlitePool> {
     if count == 0 {
         let mut tx = pool.begin().await.context("seeding orders")?;
         for id in 1..=SEEDED_ORDERS {
-            sqlx::query("INSERT OR IGNORE INTO orders (id, item, quantity) VALUES (?, ?, ?)")
-                .bind(id)
-                .bind(format!("item-{}", id % 7))
-                .bind(1 + id % 5)
-                .execute(&mut *tx)
-                .await
-                .context("seeding orders")?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO orders (id, item, quantity, status, confirmations)
+                 VALUES (?, ?, ?, 'confirmed', 1)",
+            )
+            .bind(id)
+            .bind(format!("item-{}", id % 7))
+            .bind(1 + id % 5)
+            .execute(&mut *tx)
+            .await
+            .context("seeding orders")?;
         }
         tx.commit().await.context("seeding orders")?;
         tracing::info!(orders = SEEDED_ORDERS, "seeded a new database");
@@ -189,26 +296,186 @@ async fn open(path: &PathBuf) -> anyhow::Result<SqlitePool> {
     Ok(pool)
 }
 
-async fn order(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
-    let found =
-        sqlx::query_as::<_, Order>("SELECT id, item, quantity, status FROM orders WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&state.pool)
-            .await;
-    match found {
-        Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, Json(ApiError { error: "not_found" })).into_response(),
-        Err(err) => {
-            tracing::error!(%err, id, "reading an order failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(ApiError {
-                    error: "database_error",
-                }),
-            )
-                .into_response()
-        }
+fn database_error(err: &dyn std::fmt::Display, what: &str) -> Response {
+    tracing::error!(%err, "{what} failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(ApiError {
+            error: "database_error",
+        }),
+    )
+        .into_response()
+}
+
+/// `POST /orders[?job_ms=N]`: the order and the job that confirms it commit together.
+async fn create_order(
+    State(state): State<AppState>,
+    Query(query): Query<JobQuery>,
+    body: Option<Json<NewOrder>>,
+) -> Response {
+    let new = body.map_or_else(
+        || NewOrder {
+            item: default_item(),
+            quantity: default_quantity(),
+        },
+        |Json(new)| new,
+    );
+    if query.job_ms > MAX_JOB_MS || new.quantity < 1 {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ApiError {
+                error: "job_ms must be at most 600000 and quantity at least 1",
+            }),
+        )
+            .into_response();
     }
+    match insert_order(&state, &new, query.job_ms).await {
+        Ok((id, job_id)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "id": id, "status": "pending", "job_id": job_id })),
+        )
+            .into_response(),
+        Err(err) => database_error(&format!("{err:#}"), "creating an order"),
+    }
+}
+
+async fn insert_order(state: &AppState, new: &NewOrder, job_ms: u64) -> anyhow::Result<(i64, i64)> {
+    let mut tx = state.pool.begin().await?;
+    let id: i64 =
+        sqlx::query_scalar("INSERT INTO orders (item, quantity) VALUES (?, ?) RETURNING id")
+            .bind(&new.item)
+            .bind(new.quantity)
+            .fetch_one(&mut *tx)
+            .await?;
+    let payload = serde_json::to_vec(&ConfirmOrder {
+        order_id: id,
+        job_ms,
+    })?;
+    let job = NewJob::new(payload).key(format!("confirm-order-{id}"));
+    let job_id = state.queue.enqueue_in(&mut tx, job).await?;
+    sqlx::query("UPDATE orders SET job_id = ? WHERE id = ?")
+        .bind(job_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((id, job_id))
+}
+
+/// The worker's handler: takes `job_ms`, then confirms the order once, whatever the number of
+/// deliveries.
+async fn confirm(pool: SqlitePool, job: Job) -> anyhow::Result<()> {
+    let confirm: ConfirmOrder = serde_json::from_slice(job.payload())
+        .with_context(|| format!("job {} has a malformed payload", job.label()))?;
+    tokio::time::sleep(Duration::from_millis(confirm.job_ms)).await;
+    let mut tx = pool.begin().await?;
+    if SqliteQueue::mark_processed(&mut tx, &job).await? {
+        sqlx::query(
+            "UPDATE orders SET status = 'confirmed', confirmations = confirmations + 1
+             WHERE id = ?",
+        )
+        .bind(confirm.order_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(order = confirm.order_id, job = %job.label(), attempt = job.attempt(), "order confirmed");
+    } else {
+        tracing::info!(order = confirm.order_id, job = %job.label(), "order already confirmed: redelivery skipped");
+    }
+    Ok(())
+}
+
+/// The scheduled task: logs how many orders wait for confirmation.
+async fn count_unconfirmed(pool: SqlitePool) -> anyhow::Result<()> {
+    let pending: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE status != 'confirmed'")
+            .fetch_one(&pool)
+            .await?;
+    tracing::debug!(pending, "unconfirmed orders");
+    Ok(())
+}
+
+async fn order(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
+    let found = sqlx::query_as::<_, Order>(
+        "SELECT id, item, quantity, status, confirmations, job_id FROM orders WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await;
+    let order = match found {
+        Ok(Some(order)) => order,
+        Ok(None) => {
+            return (StatusCode::NOT_FOUND, Json(ApiError { error: "not_found" })).into_response()
+        }
+        Err(err) => return database_error(&err, "reading an order"),
+    };
+    let job = match order.job_id {
+        Some(job_id) => match job_view(&state.pool, job_id).await {
+            Ok(view) => Some(view),
+            Err(err) => return database_error(&err, "reading an order's job"),
+        },
+        None => None,
+    };
+    Json(OrderView { order, job }).into_response()
+}
+
+async fn job_view(pool: &SqlitePool, id: i64) -> Result<JobView, sqlx::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let live: Option<(i64, Option<i64>, Option<String>)> =
+        sqlx::query_as("SELECT attempts, lease_until, last_error FROM lastcall_jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    if let Some((attempts, lease_until, last_error)) = live {
+        let running = lease_until.is_some_and(|until| until > now);
+        return Ok(JobView {
+            id,
+            state: if running { "running" } else { "queued" },
+            attempts,
+            last_error,
+        });
+    }
+    let dead: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT attempts, last_error FROM lastcall_dead_jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match dead {
+        Some((attempts, last_error)) => JobView {
+            id,
+            state: "dead",
+            attempts,
+            last_error,
+        },
+        None => JobView {
+            id,
+            state: "done",
+            attempts: 0,
+            last_error: None,
+        },
+    })
+}
+
+/// `GET /stats`: what the worker and the scheduled task did in this process.
+async fn stats(State(state): State<AppState>) -> impl IntoResponse {
+    let worker = state.worker.stats();
+    let task = state.task.stats();
+    Json(serde_json::json!({
+        "worker": {
+            "claimed": worker.claimed,
+            "succeeded": worker.succeeded,
+            "retried": worker.retried,
+            "dead": worker.dead,
+            "released": worker.released,
+        },
+        "scheduled_task": {
+            "runs": task.runs,
+            "failed": task.failed,
+            "skipped": task.skipped,
+        },
+    }))
 }
 
 async fn slow_report(Query(query): Query<SlowQuery>) -> impl IntoResponse {

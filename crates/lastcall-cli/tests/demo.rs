@@ -14,7 +14,7 @@ struct Demo {
     child: Child,
     addr: String,
     stderr: Arc<Mutex<String>>,
-    _db: TempDb,
+    _db: Option<TempDb>,
 }
 
 /// A database path of the test's own, removed afterwards.
@@ -34,6 +34,13 @@ impl Demo {
             "lastcall-test-{name}-{}.sqlite3",
             std::process::id()
         )));
+        let mut demo = Demo::start_on(&db.0, env);
+        demo._db = Some(db);
+        demo
+    }
+
+    /// A demo on a database the caller keeps, so a second start finds the first one's data.
+    fn start_on(db: &std::path::Path, env: &[(&str, &str)]) -> Demo {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
         command
             .arg("demo")
@@ -47,7 +54,7 @@ impl Demo {
         }
         command
             .env("PORT", "0")
-            .env("LASTCALL_DEMO_DB", &db.0)
+            .env("LASTCALL_DEMO_DB", db)
             .envs(env.iter().copied());
         let mut child = command.spawn().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -82,7 +89,7 @@ impl Demo {
             child,
             addr,
             stderr,
-            _db: db,
+            _db: None,
         }
     }
 
@@ -253,4 +260,126 @@ fn bad_configuration_stops_the_demo_at_startup_with_78() {
         stderr.contains("LASTCALL_BUDGET=\"soon\" is not a duration"),
         "{stderr}"
     );
+}
+
+fn post(demo: &Demo, path: &str) -> String {
+    let mut stream = demo.connect();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: demo\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_to_close(&mut stream)
+}
+
+/// The JSON body of a response.
+fn body(response: &str) -> serde_json::Value {
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+/// Creates an order whose confirm job takes `job_ms`; returns the order's and the job's ids.
+fn create_order(demo: &Demo, job_ms: u64) -> (i64, i64) {
+    let created = post(demo, &format!("/orders?job_ms={job_ms}"));
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let created = body(&created);
+    (
+        created["id"].as_i64().unwrap(),
+        created["job_id"].as_i64().unwrap(),
+    )
+}
+
+fn order_json(demo: &Demo, id: i64) -> serde_json::Value {
+    body(&get(demo, &format!("/orders/{id}")))
+}
+
+/// Polls the order until its job reaches `state`.
+fn wait_for_job(demo: &Demo, id: i64, state: &str) -> serde_json::Value {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let order = order_json(demo, id);
+        if order["job"]["state"] == state {
+            return order;
+        }
+        assert!(Instant::now() < until, "job never {state}: {order}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_confirm_job_in_flight_at_sigterm_finishes_and_the_order_is_confirmed_once() {
+    let db = TempDb(std::env::temp_dir().join(format!(
+        "lastcall-test-jobs-finish-{}.sqlite3",
+        std::process::id()
+    )));
+    let demo = Demo::start_on(&db.0, &[("LASTCALL_DRAIN_DELAY", "200ms")]);
+    let (id, _) = create_order(&demo, 1_500);
+    let running = wait_for_job(&demo, id, "running");
+    assert_eq!(running["status"], "pending", "{running}");
+    demo.signal(Signal::SIGTERM);
+    let (status, stderr) = demo.wait();
+    assert_eq!(status.code(), Some(0), "the job finished in time: {stderr}");
+    assert!(stderr.contains("order confirmed"), "{stderr}");
+
+    let demo = Demo::start_on(&db.0, &[]);
+    let order = order_json(&demo, id);
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["confirmations"], 1, "{order}");
+    assert_eq!(order["job"]["state"], "done", "{order}");
+    // No second run after the restart either.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(order_json(&demo, id)["confirmations"], 1);
+    demo.signal(Signal::SIGTERM);
+    demo.wait();
+}
+
+#[test]
+fn a_confirm_job_cut_at_the_deadline_is_handed_back_and_confirmed_once_after_a_restart() {
+    let db = TempDb(std::env::temp_dir().join(format!(
+        "lastcall-test-jobs-cut-{}.sqlite3",
+        std::process::id()
+    )));
+    let budget = [
+        ("LASTCALL_BUDGET", "3s"),
+        ("LASTCALL_DRAIN_DELAY", "200ms"),
+        ("LASTCALL_FLUSH_TIMEOUT", "200ms"),
+        ("LASTCALL_CLOSE_TIMEOUT", "1s"),
+    ];
+    let demo = Demo::start_on(&db.0, &budget);
+    // Longer than the 1.6 s the budget leaves to wait for work.
+    let (id, job) = create_order(&demo, 4_000);
+    wait_for_job(&demo, id, "running");
+    demo.signal(Signal::SIGTERM);
+    let (status, stderr) = demo.wait();
+    assert_eq!(status.code(), Some(3), "the job was cut: {stderr}");
+    let label = format!("orders#{job}");
+    assert!(stderr.contains(&label), "the cut job is named: {stderr}");
+    assert!(stderr.contains("job handed back to the queue"), "{stderr}");
+
+    let demo = Demo::start_on(&db.0, &[]);
+    let order = wait_for_job(&demo, id, "done");
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["confirmations"], 1, "{order}");
+    let stats = body(&get(&demo, "/stats"));
+    assert_eq!(stats["worker"]["succeeded"], 1, "{stats}");
+    demo.signal(Signal::SIGTERM);
+    let (status, stderr) = demo.wait();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn the_scheduled_task_runs_every_second_and_stops_with_the_shutdown() {
+    let demo = Demo::start("tick", &[]);
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let stats = body(&get(&demo, "/stats"));
+        if stats["scheduled_task"]["runs"].as_u64().unwrap() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "the task never ran twice: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    demo.signal(Signal::SIGTERM);
+    let (status, stderr) = demo.wait();
+    assert_eq!(status.code(), Some(0), "{stderr}");
 }
