@@ -321,6 +321,10 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres", feature = "nats")),
+        allow(dead_code)
+    )]
     pub(crate) fn backend(
         queue: &str,
         op: &'static str,

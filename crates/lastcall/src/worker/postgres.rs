@@ -33,7 +33,7 @@ const CHANNEL: &str = "lastcall_jobs";
 /// ```no_run
 /// use lastcall::worker::{NewJob, PgQueue, Queue};
 ///
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = sqlx::PgPool::connect("postgres://127.0.0.1/test").await?;
 /// PgQueue::migrate(&pool).await?;
 /// let queue = PgQueue::new(pool, "emails")?;

@@ -23,8 +23,7 @@ use crate::{Controller, Phase, Shutdown, WorkGuard};
 /// # Examples
 ///
 /// ```no_run
-/// # #[cfg(feature = "sqlite")]
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use lastcall::worker::{Retry, SqliteQueue, Worker};
 /// use lastcall::Controller;
 ///
