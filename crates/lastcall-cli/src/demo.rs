@@ -8,7 +8,8 @@
 //! `GET /reports/slow?ms=N` answers after N ms (a huge N never completes), `GET /events` is a
 //! Server-Sent Events stream with one event per 100 ms, and `/health/live` and `/health/ready`
 //! answer from the shutdown's state, `GET /stats` says what the worker and the scheduled task
-//! did. SIGTERM and SIGINT start the shutdown: the worker stops claiming and the task stops
+//! did. Under systemd it takes its socket from socket activation and reports readiness and
+//! each phase over `NOTIFY_SOCKET` (`deploy/systemd/`). SIGTERM and SIGINT start the shutdown: the worker stops claiming and the task stops
 //! firing; a job or a task run under way is awaited, and a job still running at the deadline is
 //! handed back to the queue for the next start; the SQLite pool is closed last. The exit
 //! status tells how it went.
@@ -169,10 +170,17 @@ async fn start(
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("lastcall-demo.sqlite3"));
     let pool = open(&db).await?;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-    let listener = std::net::TcpListener::bind(addr).with_context(|| {
-        format!("cannot listen on {addr}; set PORT to a free port (0 picks one)")
-    })?;
+    // Under systemd: the socket from socket activation, and the notify protocol.
+    let listener = match lastcall::systemd::listener()? {
+        Some(listener) => listener,
+        None => {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr}; set PORT to a free port (0 picks one)")
+            })?
+        }
+    };
+    lastcall::systemd::notify(controller)?;
     let local = listener.local_addr().context("reading the bound address")?;
 
     let shutdown = controller.shutdown();

@@ -383,3 +383,76 @@ fn the_scheduled_task_runs_every_second_and_stops_with_the_shutdown() {
     let (status, stderr) = demo.wait();
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn under_socket_activation_the_demo_serves_the_connection_that_started_it() {
+    let activate = "/usr/bin/systemd-socket-activate";
+    if !std::path::Path::new(activate).exists() {
+        assert!(
+            std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{activate} is required (LASTCALL_REQUIRE_SERVICES=1): install Debian's systemd package"
+        );
+        eprintln!("notice: skipping, {activate} is missing (Debian package systemd)");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = TempDb(std::env::temp_dir().join(format!(
+        "lastcall-test-activation-{}.sqlite3",
+        std::process::id()
+    )));
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-E")
+        .arg(format!("LASTCALL_DEMO_DB={}", db.0.display()))
+        .args(["-E", "LASTCALL_DRAIN_DELAY=0s", "-E", "RUST_LOG=info"])
+        .arg(env!("CARGO_BIN_EXE_lastcall"))
+        .arg("demo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // systemd-socket-activate listens first and starts the demo on the first connection.
+    let until = Instant::now() + PATIENCE;
+    let mut stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(Instant::now() < until, "never listened on {port}: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "GET /orders/7 HTTP/1.1\r\nhost: demo\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let answer = read_to_close(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("lastcall demo listening on http://127.0.0.1:{port}"),
+        "the demo serves the inherited socket"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

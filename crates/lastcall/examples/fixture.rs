@@ -7,7 +7,8 @@
 //! - `close-hang`: a close step `broker` that never finishes (500 ms timeout), then `database`;
 //! - `close-fail`, `close-panic`: a close step that returns an error, or panics;
 //! - `block`: in stop-accepting, a task blocks the (single-threaded) runtime for ten minutes;
-//! - `fatal-after=MS`: the service calls `Trigger::fatal` after MS milliseconds.
+//! - `fatal-after=MS`: the service calls `Trigger::fatal` after MS milliseconds;
+//! - `systemd`: reports to systemd over `NOTIFY_SOCKET` (`lastcall::systemd::notify`).
 //!
 //! It prints `ready` once the controller is built, `phase NAME` as phases begin, and
 //! `report: {json}` at the end; logs go to stderr.
@@ -94,6 +95,12 @@ async fn main() -> ExitCode {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     trigger.fatal("the fixture's fatal error");
                 });
+            }
+            "systemd" => {
+                if let Err(err) = lastcall::systemd::notify(&controller) {
+                    eprintln!("fixture: {err}");
+                    return ExitCode::from(2);
+                }
             }
             other => {
                 eprintln!("fixture: unknown argument {other:?}");

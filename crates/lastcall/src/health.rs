@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Default)]
 pub struct Health {
     state: Arc<AtomicU8>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// Where the service is in its life, as [`Health`] reports it.
@@ -86,7 +87,26 @@ impl Health {
     /// Moves the state forward to `to`; returns whether it moved. States never go back.
     pub(crate) fn advance(&self, to: HealthState) -> bool {
         let to = to as u8;
-        self.state.fetch_max(to, Ordering::AcqRel) < to
+        let moved = self.state.fetch_max(to, Ordering::AcqRel) < to;
+        if moved {
+            self.changed.notify_waiters();
+        }
+        moved
+    }
+
+    /// Resolves once the state is `state` or a later one.
+    #[cfg_attr(not(feature = "systemd"), allow(dead_code))]
+    pub(crate) async fn reached(&self, state: HealthState) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change in between still wakes this waiter.
+            changed.as_mut().enable();
+            if self.state() >= state {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 

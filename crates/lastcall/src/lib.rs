@@ -71,6 +71,8 @@ pub mod future;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod schedule;
+#[cfg(all(feature = "systemd", unix))]
+pub mod systemd;
 pub mod worker;
 
 pub use budget::{Budget, Plan, Window};

@@ -89,7 +89,13 @@ pub(crate) struct Shared {
     rejected: AtomicU64,
     /// The step running now, so the watchdog can name the dependency that hung.
     current_step: Mutex<Option<(Phase, String)>>,
+    /// Called synchronously as each phase is entered, with the end of the budget.
+    observers: Mutex<Vec<PhaseObserver>>,
 }
+
+/// A callback run as each phase is entered: the phase, and the instant the budget ends.
+#[cfg_attr(not(all(feature = "systemd", unix)), allow(dead_code))]
+pub(crate) type PhaseObserver = Box<dyn Fn(Phase, Option<tokio::time::Instant>) + Send + Sync>;
 
 #[derive(Default)]
 struct Fired {
@@ -204,7 +210,15 @@ impl Shared {
             fired: Mutex::new(Fired::default()),
             rejected: AtomicU64::new(0),
             current_step: Mutex::new(None),
+            observers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs `observer` as each later phase is entered, on the thread that enters it, before
+    /// anything else can happen (the process may exit right after the last phase).
+    #[cfg_attr(not(all(feature = "systemd", unix)), allow(dead_code))]
+    pub(crate) fn observe(&self, observer: PhaseObserver) {
+        lock(&self.observers).push(observer);
     }
 
     pub(crate) fn phase(&self) -> Phase {
@@ -269,9 +283,20 @@ impl Shared {
 
     /// Moves to `phase` and wakes everything waiting for it or an earlier phase.
     pub(crate) fn enter(&self, phase: Phase) {
-        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        let before = self.phase.fetch_max(phase as u8, Ordering::AcqRel);
         for token in &self.tokens[..=phase.index()] {
             token.cancel();
+        }
+        if before < phase as u8 {
+            let observers = lock(&self.observers);
+            if !observers.is_empty() {
+                let end = self
+                    .first()
+                    .map(|first| first.at + self.plan.budget().total);
+                for observer in observers.iter() {
+                    observer(phase, end);
+                }
+            }
         }
     }
 

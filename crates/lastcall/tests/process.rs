@@ -501,3 +501,103 @@ fn the_report_summary_is_written_to_the_report_file_at_exit() {
         "one line per phase: {written}"
     );
 }
+
+#[test]
+fn systemd_hears_ready_stopping_each_phase_and_bounded_timeout_extensions() {
+    use std::os::unix::net::UnixDatagram;
+
+    let path = std::env::temp_dir().join(format!("lastcall-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let notify = path.display().to_string();
+    let fixture = Fixture::ready(
+        &["systemd", "work=2500"],
+        &[
+            ("NOTIFY_SOCKET", notify.as_str()),
+            ("LASTCALL_BUDGET", "8s"),
+            ("LASTCALL_DRAIN_DELAY", "200ms"),
+            ("LASTCALL_CLOSE_TIMEOUT", "1s"),
+        ],
+    );
+    let mut messages: Vec<String> = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut receive = |messages: &mut Vec<String>| {
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while !messages.iter().any(|m| m.contains("READY=1")) && Instant::now() < until {
+        receive(&mut messages);
+    }
+    fixture.signal(NixSignal::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(10);
+    let last = "STATUS=shutting down: close_dependencies";
+    while !messages.iter().any(|m| m.contains(last)) && Instant::now() < until {
+        receive(&mut messages);
+    }
+    let ended = fixture.wait();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+
+    let lines: Vec<&str> = messages.iter().flat_map(|m| m.lines()).collect();
+    let position = |wanted: &str| {
+        lines
+            .iter()
+            .position(|line| *line == wanted)
+            .unwrap_or_else(|| panic!("no {wanted:?} in {lines:?}"))
+    };
+    assert_eq!(lines.first(), Some(&"STATUS=starting"), "{lines:?}");
+    let ready = position("READY=1");
+    let stopping = position("STOPPING=1");
+    assert!(ready < stopping, "{lines:?}");
+    let mut last = stopping;
+    for phase in [
+        "not_ready",
+        "drain_delay",
+        "stop_accepting",
+        "wait_for_work",
+        "flush_telemetry",
+        "close_dependencies",
+    ] {
+        let at = position(&format!("STATUS=shutting down: {phase}"));
+        assert!(at >= last, "phases in order: {lines:?}");
+        last = at;
+    }
+    let extensions: Vec<u64> = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        .map(|usec| usec.parse().unwrap())
+        .collect();
+    // The 2.5 s job keeps the wait going: renewed at least every second, each within the
+    // 8 s budget and shrinking as it is spent.
+    assert!(extensions.len() >= 4, "{lines:?}");
+    assert!(
+        extensions.iter().all(|&usec| usec > 0 && usec <= 8_000_000),
+        "{extensions:?}"
+    );
+    assert!(
+        extensions.windows(2).all(|w| w[1] <= w[0]),
+        "{extensions:?}"
+    );
+}
+
+#[test]
+fn an_unusable_notify_socket_is_rejected_at_startup() {
+    let fixture = Fixture::start(
+        &["systemd"],
+        &[("NOTIFY_SOCKET", "/nonexistent/lastcall/notify.sock")],
+    );
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(2), "stderr:\n{}", ended.stderr);
+    assert!(
+        ended
+            .stderr
+            .contains("cannot send to NOTIFY_SOCKET=\"/nonexistent/lastcall/notify.sock\""),
+        "{}",
+        ended.stderr
+    );
+}

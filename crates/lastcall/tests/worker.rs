@@ -728,3 +728,34 @@ async fn bad_schedules_are_rejected_when_registered() {
         .unwrap_err();
     assert!(cron.to_string().contains("every tuesday"), "{cron}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_task_fires_on_its_schedule_and_stops_with_the_shutdown() {
+    let controller = controller();
+    let scheduler = Scheduler::new(&controller);
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let task = scheduler
+        .cron("every second", "* * * * * *", move || {
+            let runs = counted.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    eventually(Duration::from_secs(5), "two runs", || async {
+        runs.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    controller.trigger().trigger("test");
+    assert_eq!(controller.run_with_report().await.exit, Exit::Clean);
+    scheduler.stopped().await;
+    let after = runs.load(Ordering::SeqCst);
+    tokio::time::sleep(ms(1_200)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        after,
+        "no run after the shutdown"
+    );
+    assert_eq!(u64::from(after), task.stats().runs);
+}

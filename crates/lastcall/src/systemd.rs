@@ -1,0 +1,191 @@
+//! systemd integration (feature `systemd`, Linux): the notify protocol and socket activation.
+//!
+//! With `Type=notify`, systemd learns from the service itself when it is ready and how its
+//! shutdown goes. [`notify`] connects a [`Controller`] to that protocol:
+//!
+//! | when | message |
+//! |---|---|
+//! | the health becomes ready ([`Health::set_ready`](crate::Health::set_ready)) | `READY=1`, `STATUS=ready` |
+//! | the shutdown is triggered | `STOPPING=1`, `STATUS=shutting down: not_ready` |
+//! | each later phase begins | `STATUS=shutting down: <phase>` |
+//! | each phase, then every second until exit | `EXTEND_TIMEOUT_USEC=<time left in the budget>` |
+//!
+//! `EXTEND_TIMEOUT_USEC` keeps systemd's stop timeout (`TimeoutStopSec`) from killing a service
+//! that is still draining inside its budget, and never asks for more than the budget has left:
+//! past it, lastcall's own watchdog ends the process. Without `NOTIFY_SOCKET` (not started by
+//! systemd, or `NotifyAccess=none`) [`notify`] does nothing.
+//!
+//! [`listener`] takes a listening socket passed by socket activation (`LISTEN_FDS`), so a
+//! restart never refuses a connection: systemd keeps the socket open and queues connections
+//! while the new process starts. `deploy/systemd/` has unit files that use both.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use crate::{Controller, HealthState, Phase, Shutdown};
+
+/// How often `EXTEND_TIMEOUT_USEC` is renewed during a shutdown.
+const EXTEND_EVERY: Duration = Duration::from_secs(1);
+
+/// What the systemd integration can fail with, at startup.
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::systemd::SystemdError;
+///
+/// let err = SystemdError::NoRuntime;
+/// assert!(err.to_string().contains("tokio runtime"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SystemdError {
+    /// `NOTIFY_SOCKET` is set but a message could not be sent to it.
+    #[error("systemd: cannot send to NOTIFY_SOCKET={socket:?}: {source}; check the unit's NotifyAccess= or unset NOTIFY_SOCKET")]
+    Notify {
+        /// The value of `NOTIFY_SOCKET`.
+        socket: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `LISTEN_FDS` passed a socket that is not a usable TCP listener.
+    #[error("systemd: the socket passed as fd 3 (LISTEN_FDS) is not a TCP listener: {source}; give the .socket unit a ListenStream= line")]
+    Listener {
+        /// Why the socket was not usable.
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`notify`] was called outside a tokio runtime.
+    #[error("systemd: no tokio runtime; call lastcall::systemd::notify from inside one")]
+    NoRuntime,
+}
+
+/// Reports the controller's readiness and shutdown to systemd over `NOTIFY_SOCKET`; returns
+/// whether systemd is listening (`false`, and nothing happens, when `NOTIFY_SOCKET` is unset).
+///
+/// Call it once, after building the controller and before marking the service ready.
+///
+/// # Errors
+///
+/// [`SystemdError::Notify`] when `NOTIFY_SOCKET` is set but unusable (the first message, a
+/// `STATUS=starting`, is sent at once so this shows at startup), [`SystemdError::NoRuntime`]
+/// outside a tokio runtime.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let controller = lastcall::Controller::from_env()?;
+/// lastcall::systemd::notify(&controller)?;
+/// // ... start serving ...
+/// controller.health().set_ready(); // READY=1
+/// let code = controller.run().await;
+/// # let _ = code; Ok(()) }
+/// ```
+pub fn notify(controller: &Controller) -> Result<bool, SystemdError> {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| SystemdError::NoRuntime)?;
+    sd_notify::notify(false, &[NotifyState::Status("starting")]).map_err(|source| {
+        SystemdError::Notify {
+            socket: socket.to_string_lossy().into_owned(),
+            source,
+        }
+    })?;
+    let shutdown = controller.shutdown();
+    // Phase messages go out synchronously as each phase is entered: the last ones come
+    // microseconds before the process exits, too late for a task to be scheduled.
+    shutdown.shared.observe(Box::new(announce));
+    runtime.spawn(report(shutdown));
+    Ok(true)
+}
+
+/// Takes the TCP listener systemd passed by socket activation, if any (`LISTEN_FDS` set for
+/// this process); `Ok(None)` when the process was not socket-activated.
+///
+/// The listener is returned as it came (blocking mode); `lastcall::http::serve_std` sets it
+/// non-blocking.
+///
+/// # Errors
+///
+/// [`SystemdError::Listener`] when the first passed socket is not a TCP listener.
+///
+/// # Examples
+///
+/// ```no_run
+/// let listener = match lastcall::systemd::listener()? {
+///     Some(listener) => listener,
+///     None => std::net::TcpListener::bind("127.0.0.1:3000")?,
+/// };
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn listener() -> Result<Option<std::net::TcpListener>, SystemdError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    fds.take_tcp_listener(0)
+        .map_err(|source| SystemdError::Listener { source })
+}
+
+/// `READY=1` when the service becomes ready, then, during the shutdown, a renewed
+/// `EXTEND_TIMEOUT_USEC` every second until exit.
+async fn report(shutdown: Shutdown) {
+    tokio::select! {
+        () = shutdown.health().reached(HealthState::Ready) => {
+            send(&[NotifyState::Ready, NotifyState::Status("ready")]);
+        }
+        () = shutdown.reached(Phase::NotReady) => {}
+    }
+    shutdown.reached(Phase::NotReady).await;
+    let exit = shutdown.reached(Phase::Exit);
+    tokio::pin!(exit);
+    loop {
+        tokio::select! {
+            () = &mut exit => return,
+            () = tokio::time::sleep(EXTEND_EVERY) => {
+                if let Some(more) = extend(shutdown.deadline(Phase::Exit)) {
+                    send(&[more]);
+                }
+            }
+        }
+    }
+}
+
+/// The message for entering `phase`; `end` is when the budget runs out.
+fn announce(phase: Phase, end: Option<tokio::time::Instant>) {
+    if phase == Phase::Running {
+        return;
+    }
+    let status = format!("shutting down: {}", phase.as_str());
+    let mut message = Vec::with_capacity(3);
+    if phase == Phase::NotReady {
+        message.push(NotifyState::Stopping);
+    }
+    message.push(NotifyState::Status(&status));
+    if phase != Phase::Exit {
+        message.extend(extend(end));
+    }
+    send(&message);
+}
+
+/// `EXTEND_TIMEOUT_USEC` for the time left until `end`, the end of the budget; none once it is
+/// spent.
+fn extend(end: Option<tokio::time::Instant>) -> Option<NotifyState<'static>> {
+    let left = end?.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    Some(NotifyState::ExtendTimeoutUsec(
+        u32::try_from(left.as_micros()).unwrap_or(u32::MAX),
+    ))
+}
+
+fn send(states: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::warn!(%error, "could not notify systemd");
+    }
+}
