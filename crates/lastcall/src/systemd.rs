@@ -120,6 +120,7 @@ pub fn notify(controller: &Controller) -> Result<bool, SystemdError> {
 ///     Some(listener) => listener,
 ///     None => std::net::TcpListener::bind("127.0.0.1:3000")?,
 /// };
+/// println!("listening on {}", listener.local_addr()?);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn listener() -> Result<Option<std::net::TcpListener>, SystemdError> {
