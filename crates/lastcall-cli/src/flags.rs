@@ -24,6 +24,40 @@ pub(crate) enum Command {
     /// signals it, and reports what a client saw. Exit status 0 only if every selected
     /// scenario passed.
     Check(Box<CheckArgs>),
+    /// Check a Kubernetes manifest's shutdown arithmetic against lastcall's budget.
+    ///
+    /// Reads the Deployment, StatefulSet, DaemonSet, ReplicaSet or Pod in FILE, the
+    /// container's LASTCALL_* environment and its probes; prints the shutdown timeline as the
+    /// platform will run it and one finding per problem with the value to set. Exit status 1
+    /// on an error, 2 when the file cannot be read.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    /// The manifest (YAML; several documents allowed, the first workload is checked).
+    pub(crate) file: PathBuf,
+
+    /// The container that runs the service [default: the first].
+    #[arg(long)]
+    pub(crate) container: Option<String>,
+
+    /// Time for endpoint removal to reach kube-proxy and the ingress, on top of the readiness
+    /// probe's detection time.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub(crate) propagation: Duration,
+
+    /// The least time wanted between the end of the budget and SIGKILL.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) margin: Duration,
+
+    /// The path lastcall answers readiness on.
+    #[arg(long, default_value = "/health/ready")]
+    pub(crate) ready_path: String,
+
+    /// The path lastcall answers liveness on.
+    #[arg(long, default_value = "/health/live")]
+    pub(crate) live_path: String,
 }
 
 #[derive(Debug, Args)]

@@ -9,3 +9,5 @@ mod demo;
 mod check;
 // A short rolling restart of `lastcall demo` behind HAProxy.
 mod rolling;
+// `lastcall plan` on the shipped Kubernetes manifest and on each kind of mistake.
+mod plan;

@@ -1,0 +1,248 @@
+use std::process::Command;
+
+/// The manifest the repository ships, which the plan must pass.
+const SHIPPED: &str = include_str!("../../../deploy/kubernetes/deployment.yaml");
+
+struct Plan {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `lastcall plan` on `manifest`, written to a file of the test's own.
+fn plan(name: &str, manifest: &str, args: &[&str]) -> Plan {
+    let path =
+        std::env::temp_dir().join(format!("lastcall-plan-{name}-{}.yaml", std::process::id()));
+    std::fs::write(&path, manifest).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .arg("plan")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    Plan {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The shipped manifest with `from` replaced by `to` (which must occur).
+fn shipped_with(from: &str, to: &str) -> String {
+    assert!(
+        SHIPPED.contains(from),
+        "{from:?} is not in the shipped manifest"
+    );
+    SHIPPED.replacen(from, to, 1)
+}
+
+#[test]
+fn the_shipped_manifest_passes_and_its_timeline_is_printed() {
+    let plan = plan("shipped", SHIPPED, &[]);
+    assert_eq!(plan.code, Some(0), "{}{}", plan.stdout, plan.stderr);
+    for line in [
+        "(Deployment lastcall-demo, container demo)",
+        "     0s  SIGTERM: readiness answers 503, requests are still served (drain delay 5s)",
+        "     5s  stop accepting",
+        "    18s  in-flight work must be done",
+        "    25s  budget ends (LASTCALL_BUDGET 25s)",
+        "    30s  SIGKILL (terminationGracePeriodSeconds 30; margin 5s)",
+        "no findings",
+    ] {
+        assert!(plan.stdout.contains(line), "{line:?} in:\n{}", plan.stdout);
+    }
+}
+
+#[test]
+fn a_budget_longer_than_the_grace_period_is_an_error_with_both_fixes() {
+    let manifest = shipped_with(
+        "terminationGracePeriodSeconds: 30",
+        "terminationGracePeriodSeconds: 20",
+    );
+    let plan = plan("grace", &manifest, &[]);
+    assert_eq!(plan.code, Some(1), "{}", plan.stdout);
+    assert!(plan.stdout.contains("error [grace_period] preStop 0s + LASTCALL_BUDGET 25s = 25s is longer than terminationGracePeriodSeconds 20"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("fix: set terminationGracePeriodSeconds: 27, or LASTCALL_BUDGET=18s"),
+        "{}",
+        plan.stdout
+    );
+    // The timeline shows SIGKILL landing before the budget's end.
+    let kill = plan.stdout.find("SIGKILL").unwrap();
+    let end = plan.stdout.find("budget ends").unwrap();
+    assert!(kill < end, "{}", plan.stdout);
+}
+
+#[test]
+fn a_pre_stop_sleep_counts_against_the_grace_period() {
+    let manifest = shipped_with(
+        "          terminationMessagePath:",
+        "          lifecycle:\n            preStop:\n              exec:\n                command: [\"/bin/sh\", \"-c\", \"sleep 10\"]\n          terminationMessagePath:",
+    );
+    let plan = plan("prestop", &manifest, &[]);
+    assert_eq!(plan.code, Some(1), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("preStop hook runs (10s)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("    10s  SIGTERM"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("preStop 10s + LASTCALL_BUDGET 25s = 35s"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("LASTCALL_BUDGET=18s"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn a_drain_delay_shorter_than_the_probes_detection_is_an_error() {
+    let manifest = shipped_with(
+        "            periodSeconds: 1\n            failureThreshold: 1",
+        "            periodSeconds: 10\n            failureThreshold: 3",
+    );
+    let plan = plan("drain", &manifest, &[]);
+    assert_eq!(plan.code, Some(1), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("error [drain_delay]"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(
+            "periodSeconds 10 x failureThreshold 3 = 30s plus 3s of endpoint propagation = 33s"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("fix: set LASTCALL_DRAIN_DELAY=33s"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn probes_on_the_wrong_paths_are_errors() {
+    let manifest = shipped_with("path: /health/live", "path: /health/ready");
+    let plan_live = plan("liveness", &manifest, &[]);
+    assert_eq!(plan_live.code, Some(1), "{}", plan_live.stdout);
+    assert!(
+        plan_live
+            .stdout
+            .contains("error [liveness_probe] livenessProbe checks /health/ready"),
+        "{}",
+        plan_live.stdout
+    );
+    assert!(
+        plan_live
+            .stdout
+            .contains("fix: set livenessProbe.httpGet.path: /health/live"),
+        "{}",
+        plan_live.stdout
+    );
+
+    let manifest = shipped_with("path: /health/ready", "path: /healthz");
+    let plan_ready = plan("readiness", &manifest, &[]);
+    assert_eq!(plan_ready.code, Some(1), "{}", plan_ready.stdout);
+    assert!(
+        plan_ready
+            .stdout
+            .contains("fix: set readinessProbe.httpGet.path: /health/ready"),
+        "{}",
+        plan_ready.stdout
+    );
+}
+
+#[test]
+fn settings_the_service_would_reject_are_errors() {
+    let manifest = shipped_with("value: \"25s\"", "value: \"soon\"");
+    let bad = plan("duration", &manifest, &[]);
+    assert_eq!(bad.code, Some(1), "{}", bad.stdout);
+    assert!(
+        bad.stdout
+            .contains("error [env] LASTCALL_BUDGET=\"soon\" is not a duration"),
+        "{}",
+        bad.stdout
+    );
+
+    let manifest = shipped_with("value: \"25s\"", "value: \"8s\"");
+    let small = plan("reserves", &manifest, &[]);
+    assert_eq!(small.code, Some(1), "{}", small.stdout);
+    assert!(
+        small
+            .stdout
+            .contains("error [budget] the service would refuse to start"),
+        "{}",
+        small.stdout
+    );
+}
+
+#[test]
+fn a_thin_margin_and_a_missing_report_file_are_warnings() {
+    let manifest = shipped_with(
+        "terminationGracePeriodSeconds: 30",
+        "terminationGracePeriodSeconds: 26",
+    )
+    .replacen(
+        "            - name: LASTCALL_REPORT_FILE\n              value: /dev/termination-log\n",
+        "",
+        1,
+    );
+    let plan = plan("warnings", &manifest, &[]);
+    assert_eq!(plan.code, Some(0), "warnings only: {}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("warning [grace_period] only 1s between the end of the budget and SIGKILL"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("warning [report_file]"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("0 errors, 2 warnings"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn a_file_without_a_workload_or_container_is_refused_with_status_2() {
+    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: demo\n";
+    let none = plan("service", service, &[]);
+    assert_eq!(none.code, Some(2));
+    assert!(
+        none.stderr
+            .contains("no Deployment, StatefulSet, DaemonSet, ReplicaSet, Pod in the file"),
+        "{}",
+        none.stderr
+    );
+
+    let wrong = plan("container", SHIPPED, &["--container", "sidecar"]);
+    assert_eq!(wrong.code, Some(2));
+    assert!(
+        wrong
+            .stderr
+            .contains("has no container \"sidecar\"; its containers are demo"),
+        "{}",
+        wrong.stderr
+    );
+
+    let broken = plan("yaml", "kind: [Deployment", &[]);
+    assert_eq!(broken.code, Some(2));
+    assert!(
+        broken.stderr.contains("not valid YAML"),
+        "{}",
+        broken.stderr
+    );
+}
