@@ -20,6 +20,16 @@ struct Demo {
 /// A database path of the test's own, removed afterwards.
 struct TempDb(std::path::PathBuf);
 
+impl TempDb {
+    /// `lastcall-test-{name}-{pid}.sqlite3` in the temporary directory.
+    fn new(name: &str) -> TempDb {
+        TempDb(std::env::temp_dir().join(format!(
+            "lastcall-test-{name}-{}.sqlite3",
+            std::process::id()
+        )))
+    }
+}
+
 impl Drop for TempDb {
     fn drop(&mut self) {
         for suffix in ["", "-wal", "-shm"] {
@@ -30,10 +40,7 @@ impl Drop for TempDb {
 
 impl Demo {
     fn start(name: &str, env: &[(&str, &str)]) -> Demo {
-        let db = TempDb(std::env::temp_dir().join(format!(
-            "lastcall-test-{name}-{}.sqlite3",
-            std::process::id()
-        )));
+        let db = TempDb::new(name);
         let mut demo = Demo::start_on(&db.0, env);
         demo._db = Some(db);
         demo
@@ -308,10 +315,7 @@ fn wait_for_job(demo: &Demo, id: i64, state: &str) -> serde_json::Value {
 
 #[test]
 fn a_confirm_job_in_flight_at_sigterm_finishes_and_the_order_is_confirmed_once() {
-    let db = TempDb(std::env::temp_dir().join(format!(
-        "lastcall-test-jobs-finish-{}.sqlite3",
-        std::process::id()
-    )));
+    let db = TempDb::new("jobs-finish");
     let demo = Demo::start_on(&db.0, &[("LASTCALL_DRAIN_DELAY", "200ms")]);
     let (id, _) = create_order(&demo, 1_500);
     let running = wait_for_job(&demo, id, "running");
@@ -335,10 +339,7 @@ fn a_confirm_job_in_flight_at_sigterm_finishes_and_the_order_is_confirmed_once()
 
 #[test]
 fn a_confirm_job_cut_at_the_deadline_is_handed_back_and_confirmed_once_after_a_restart() {
-    let db = TempDb(std::env::temp_dir().join(format!(
-        "lastcall-test-jobs-cut-{}.sqlite3",
-        std::process::id()
-    )));
+    let db = TempDb::new("jobs-cut");
     let budget = [
         ("LASTCALL_BUDGET", "3s"),
         ("LASTCALL_DRAIN_DELAY", "200ms"),
@@ -400,10 +401,7 @@ fn under_socket_activation_the_demo_serves_the_connection_that_started_it() {
         .local_addr()
         .unwrap()
         .port();
-    let db = TempDb(std::env::temp_dir().join(format!(
-        "lastcall-test-activation-{}.sqlite3",
-        std::process::id()
-    )));
+    let db = TempDb::new("activation");
     let mut child = Command::new(activate)
         .arg("-l")
         .arg(format!("127.0.0.1:{port}"))

@@ -338,6 +338,21 @@ impl QueueError {
     }
 }
 
+/// Milliseconds in a duration, saturating.
+#[cfg_attr(not(any(feature = "sqlite", feature = "nats")), allow(dead_code))]
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Wall-clock unix milliseconds: queue rows and messages are shared by processes, so times
+/// stored in them (SQLite's leases, a NATS job's not-before) come from a clock they share.
+#[cfg_attr(not(any(feature = "sqlite", feature = "nats")), allow(dead_code))]
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
 /// Checks a queue name: 1 to 64 characters of `[A-Za-z0-9_-]`, so it is valid as a table key,
 /// a NATS subject token and a stream name alike.
 #[cfg_attr(

@@ -1,14 +1,14 @@
 //! The NATS JetStream queue: a work-queue stream and a durable pull consumer.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{check_lease, check_name, Delivery, Job, NewJob, Queue, QueueError};
+use super::{check_lease, check_name, millis, now_ms, Delivery, Job, NewJob, Queue, QueueError};
 
 /// The longest a single pull request waits, so a claim under way when the shutdown stops
 /// accepting ends within this bound (the pull cannot be withdrawn; it is drained instead).
@@ -273,12 +273,6 @@ fn header<'a>(message: &'a jetstream::Message, name: &str) -> Option<&'a str> {
         .map(|value| value.as_str())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Queue for NatsQueue {
     type Receipt = NatsReceipt;
 
@@ -296,7 +290,7 @@ impl Queue for NatsQueue {
             headers.insert(HEADER_KEY, key);
         }
         if !job.delay_ref().is_zero() {
-            let delay = u64::try_from(job.delay_ref().as_millis()).unwrap_or(u64::MAX);
+            let delay = millis(job.delay_ref());
             headers.insert(
                 HEADER_NOT_BEFORE,
                 now_ms().saturating_add(delay).to_string().as_str(),
@@ -329,12 +323,14 @@ impl Queue for NatsQueue {
             };
             // A delayed job delivered early goes back until it is due. After the stop the
             // message is returned as it is: the worker releases it, which keeps its delay.
-            let due = header(&message, HEADER_NOT_BEFORE).and_then(|v| v.parse::<u64>().ok());
+            let due = header(&message, HEADER_NOT_BEFORE).and_then(|v| v.parse::<i64>().ok());
             if let Some(due) = due {
                 let now = now_ms();
                 if due > now && !stop.is_cancelled() {
                     message
-                        .ack_with(AckKind::Nak(Some(Duration::from_millis(due - now))))
+                        .ack_with(AckKind::Nak(Some(Duration::from_millis(
+                            u64::try_from(due - now).unwrap_or(0),
+                        ))))
                         .await
                         .map_err(|e| self.err("claim", e))?;
                     continue;

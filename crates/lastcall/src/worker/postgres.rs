@@ -195,13 +195,6 @@ impl PgQueue {
         QueueError::backend(&self.name, op, e)
     }
 
-    fn lost(&self, receipt: &SqlReceipt) -> QueueError {
-        QueueError::LeaseLost {
-            queue: self.name.to_string(),
-            job: receipt.id.to_string(),
-        }
-    }
-
     async fn try_claim(&self) -> Result<Option<Delivery<SqlReceipt>>, QueueError> {
         let token = token();
         let row = sqlx::query(
@@ -325,7 +318,7 @@ impl PgQueue {
         .map_err(|e| self.err(op, e))?;
         match done {
             Some(_) => Ok(()),
-            None => Err(self.lost(&receipt)),
+            None => Err(receipt.lost(&self.name)),
         }
     }
 }
@@ -384,11 +377,7 @@ impl Queue for PgQueue {
         .execute(&self.pool)
         .await
         .map_err(|e| self.err("renew", e))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.lost(receipt))
-        }
+        receipt.matched(&self.name, done.rows_affected())
     }
 
     async fn ack(&self, receipt: SqlReceipt) -> Result<(), QueueError> {
@@ -398,11 +387,7 @@ impl Queue for PgQueue {
             .execute(&self.pool)
             .await
             .map_err(|e| self.err("ack", e))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.lost(&receipt))
-        }
+        receipt.matched(&self.name, done.rows_affected())
     }
 
     async fn retry(
@@ -433,10 +418,6 @@ impl Queue for PgQueue {
         .execute(&self.pool)
         .await
         .map_err(|e| self.err("dead_letter", e))?;
-        if moved.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.lost(&receipt))
-        }
+        receipt.matched(&self.name, moved.rows_affected())
     }
 }

@@ -1,6 +1,6 @@
-//! What the SQLite and PostgreSQL adapters share: the receipt and the lease arithmetic.
+//! What the SQLite and PostgreSQL adapters share: the receipt and its lease token.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use super::QueueError;
 
 /// The proof of a claim on a SQL queue: the row and the token of the claim holding its lease.
 /// An ack, renewal or release matches both, so a worker whose lease expired and was claimed
@@ -16,24 +16,28 @@ impl SqlReceipt {
     pub fn id(&self) -> i64 {
         self.id
     }
+
+    /// The error for a statement that no longer finds this claim: the lease expired and the
+    /// job was claimed again.
+    pub(crate) fn lost(&self, queue: &str) -> QueueError {
+        QueueError::LeaseLost {
+            queue: queue.to_owned(),
+            job: self.id.to_string(),
+        }
+    }
+
+    /// `Ok` when a statement keyed on this claim touched its row (`rows` = 1), else
+    /// [`SqlReceipt::lost`].
+    pub(crate) fn matched(&self, queue: &str, rows: u64) -> Result<(), QueueError> {
+        if rows == 1 {
+            Ok(())
+        } else {
+            Err(self.lost(queue))
+        }
+    }
 }
 
 /// A fresh lease token.
 pub(crate) fn token() -> i64 {
     fastrand::i64(..)
-}
-
-/// Milliseconds in a duration, saturating.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Wall-clock unix milliseconds: SQLite rows are shared by processes, so their times must
-/// come from a clock they share.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
 }

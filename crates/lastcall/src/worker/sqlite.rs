@@ -8,8 +8,8 @@ use sqlx::Row;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::sql::{millis, now_ms, token, SqlReceipt};
-use super::{check_name, Delivery, Job, NewJob, Queue, QueueError};
+use super::sql::{token, SqlReceipt};
+use super::{check_name, millis, now_ms, Delivery, Job, NewJob, Queue, QueueError};
 
 /// The schema [`SqliteQueue::migrate`] applies, for projects that run their own migrations.
 pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_lastcall_jobs.sql");
@@ -179,13 +179,6 @@ impl SqliteQueue {
         QueueError::backend(&self.name, op, e)
     }
 
-    fn lost(&self, receipt: &SqlReceipt) -> QueueError {
-        QueueError::LeaseLost {
-            queue: self.name.to_string(),
-            job: receipt.id.to_string(),
-        }
-    }
-
     async fn try_claim(&self) -> Result<Option<Delivery<SqlReceipt>>, QueueError> {
         let now = now_ms();
         let token = token();
@@ -245,12 +238,9 @@ impl SqliteQueue {
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(op, e))?;
-        if done.rows_affected() == 1 {
-            self.enqueued.notify_one();
-            Ok(())
-        } else {
-            Err(self.lost(&receipt))
-        }
+        receipt.matched(&self.name, done.rows_affected())?;
+        self.enqueued.notify_one();
+        Ok(())
     }
 }
 
@@ -312,11 +302,7 @@ impl Queue for SqliteQueue {
         .execute(&self.pool)
         .await
         .map_err(|e| self.err("renew", e))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.lost(receipt))
-        }
+        receipt.matched(&self.name, done.rows_affected())
     }
 
     async fn ack(&self, receipt: SqlReceipt) -> Result<(), QueueError> {
@@ -326,11 +312,7 @@ impl Queue for SqliteQueue {
             .execute(&self.pool)
             .await
             .map_err(|e| self.err("ack", e))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(self.lost(&receipt))
-        }
+        receipt.matched(&self.name, done.rows_affected())
     }
 
     async fn retry(
@@ -366,9 +348,7 @@ impl Queue for SqliteQueue {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err("dead_letter", e))?;
-        if moved.rows_affected() != 1 {
-            return Err(self.lost(&receipt));
-        }
+        receipt.matched(&self.name, moved.rows_affected())?;
         sqlx::query("DELETE FROM lastcall_jobs WHERE id = ?")
             .bind(receipt.id)
             .execute(&mut *tx)
