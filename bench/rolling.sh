@@ -4,10 +4,12 @@
 # instance B. Run for lastcall's stack (bench-server drain: DrainLayer + serve, readiness on
 # /health/ready) and for a plain axum with_graceful_shutdown server (bench-server axum, checked
 # on /), in the same invocation. Prints requests, non-2xx, socket errors and exit statuses.
-#   bash bench/rolling.sh [seconds=12]
+# With several rounds the order alternates and the total requests of each side are compared.
+#   bash bench/rolling.sh [seconds=12] [rounds=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-12}
+rounds=${2:-1}
 for tool in haproxy wrk curl; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install $tool" >&2; exit 1; }
 done
@@ -89,5 +91,15 @@ CFG
     "$mode" "$total" "$rps" "${non2xx:-0}" "${errors:-none}" "${exited[a]}" "${exited[b]}"
 }
 
-run drain /health/ready
-run axum /
+for ((round = 1; round <= rounds; round++)); do
+  # Alternate the order, so drift in the machine's load does not favour one side.
+  if ((round % 2)); then
+    run drain /health/ready
+    run axum /
+  else
+    run axum /
+    run drain /health/ready
+  fi
+done | tee "$tmp/runs.txt"
+awk '{n[$1] += $3} END {
+  if (n["axum"] > 0) printf "total requests: drain %d, axum %d; drain/axum = %.3f\n", n["drain"], n["axum"], n["drain"] / n["axum"] }' "$tmp/runs.txt"

@@ -4,6 +4,8 @@
 //! - `plain`: the same server without the `DrainLayer` (its overhead is the difference);
 //! - `axum`: the peer, `axum::serve(..).with_graceful_shutdown(SIGTERM)`.
 //!
+//! `BENCH_IDLE_CLOSE_DELAY` (a duration) sets `ServeConfig::idle_close_delay` in the first two.
+//!
 //! Routes: `GET /` answers `hello`, `GET /slow?ms=N` answers after N ms. Listens on
 //! 127.0.0.1:`PORT` (0 picks a port) and prints `listening on ADDR`.
 
@@ -63,11 +65,21 @@ async fn main() -> ExitCode {
                 }
             };
             let shutdown = controller.shutdown();
+            let mut config = ServeConfig::default();
+            if let Ok(delay) = std::env::var("BENCH_IDLE_CLOSE_DELAY") {
+                match humantime::parse_duration(&delay) {
+                    Ok(delay) => config = config.idle_close_delay(delay),
+                    Err(err) => {
+                        eprintln!("bench-server: BENCH_IDLE_CLOSE_DELAY={delay:?}: {err}; use a duration like 500ms");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             let server = if mode == "drain" {
                 let service = DrainLayer::new(shutdown.clone()).layer(app());
-                tokio::spawn(serve(listener, service, shutdown, ServeConfig::default()))
+                tokio::spawn(serve(listener, service, shutdown, config))
             } else {
-                tokio::spawn(serve(listener, app(), shutdown, ServeConfig::default()))
+                tokio::spawn(serve(listener, app(), shutdown, config))
             };
             println!("listening on {addr}");
             let code = controller.run().await;

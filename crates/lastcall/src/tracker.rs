@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -172,6 +172,10 @@ struct Common {
     /// How many [`Tracker::wait_idle`] futures are pending. Guards only read it, so the cache
     /// line stays shared between cores instead of bouncing.
     watchers: AtomicUsize,
+    /// A copy of the owning shutdown's phase (`Phase as u8`), so a guard's holder can read it
+    /// without holding a reference-counted [`Shutdown`](crate::Shutdown): written once per
+    /// phase, read-only otherwise.
+    phase: AtomicU8,
 }
 
 /// One lock-protected part of the active set. Aligned so two shards never share a cache line.
@@ -209,6 +213,9 @@ impl Tracker {
                 .position(|set| set.shards.len() == count && set.is_empty())
                 .map(|i| retired.swap_remove(i))
         };
+        if let Some(set) = reused {
+            set.common.phase.store(0, Ordering::Release);
+        }
         let set = reused.unwrap_or_else(|| {
             Box::leak(Box::new(ShardSet {
                 shards: (0..count)
@@ -219,6 +226,7 @@ impl Tracker {
                 common: Common {
                     idle: Notify::new(),
                     watchers: AtomicUsize::new(0),
+                    phase: AtomicU8::new(0),
                 },
             }))
         });
@@ -358,6 +366,13 @@ impl WorkGuard {
 }
 
 impl WorkGuard {
+    /// The phase of the shutdown whose tracker handed out this guard (`Running` for a tracker
+    /// of your own).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn phase(&self) -> crate::Phase {
+        crate::Phase::from_index(self.set.common.phase.load(Ordering::Acquire))
+    }
+
     /// Changes the kind of the tracked work, keeping its label and start time: a request whose
     /// response turned out to be a stream.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
@@ -397,6 +412,19 @@ impl fmt::Debug for WorkGuard {
 }
 
 impl WorkKind {
+    /// Every kind, in the order reports list them.
+    #[cfg_attr(
+        not(any(feature = "metrics", feature = "opentelemetry")),
+        allow(dead_code)
+    )]
+    pub(crate) const ALL: [WorkKind; 5] = [
+        WorkKind::Request,
+        WorkKind::Stream,
+        WorkKind::Job,
+        WorkKind::Task,
+        WorkKind::Connection,
+    ];
+
     /// The kind's stable `snake_case` name, as used in reports and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -478,6 +506,17 @@ impl KindCounts {
 impl ShardSet {
     fn is_empty(&self) -> bool {
         self.shards.iter().all(|s| lock(&s.entries).is_empty())
+    }
+}
+
+impl Tracker {
+    /// Mirrors the shutdown's phase for [`WorkGuard::phase`].
+    pub(crate) fn set_phase(&self, phase: crate::Phase) {
+        self.inner
+            .set
+            .common
+            .phase
+            .fetch_max(phase as u8, Ordering::AcqRel);
     }
 }
 

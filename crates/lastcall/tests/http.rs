@@ -19,14 +19,15 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 
 /// Bounds a hang; not a measurement.
-const PATIENCE: Duration = Duration::from_secs(20);
+pub(super) const PATIENCE: Duration = Duration::from_secs(20);
 
-struct Server {
-    addr: SocketAddr,
-    shutdown: Shutdown,
-    trigger: lastcall::Trigger,
-    run: JoinHandle<Report>,
-    served: JoinHandle<std::io::Result<()>>,
+/// A served controller under test; the gRPC tests use it too.
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
+    pub(super) shutdown: Shutdown,
+    pub(super) trigger: lastcall::Trigger,
+    pub(super) run: JoinHandle<Report>,
+    pub(super) served: JoinHandle<std::io::Result<()>>,
 }
 
 fn app(shutdown: Shutdown) -> Router {
@@ -106,7 +107,8 @@ async fn start_with(builder: lastcall::Builder, config: ServeConfig) -> Server {
 }
 
 impl Server {
-    async fn finish(self) -> Report {
+    /// Waits for the shutdown's report and for `serve` to return.
+    pub(super) async fn finish(self) -> Report {
         let report = tokio::time::timeout(PATIENCE, self.run)
             .await
             .expect("shutdown finished")
@@ -517,6 +519,106 @@ async fn a_websocket_client_gets_close_1001_and_the_server_exits_clean() {
     let report = server.finish().await;
     assert_eq!(report.exit, Exit::Clean, "{report}");
     assert!(report.phase(Phase::WaitForWork).unwrap().duration < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_request_head_is_disconnected_by_the_header_read_timeout() {
+    // Never quiet long enough for the idle timeout, never done with its head.
+    let config = ServeConfig::default()
+        .header_read_timeout(Duration::from_millis(400))
+        .idle_timeout(Duration::from_secs(60));
+    let server = start_with(Controller::builder(), config).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    // A keep-alive connection whose requests are prompt is not affected, however long it lives.
+    let mut prompt = TcpStream::connect(server.addr).await.unwrap();
+    let head = b"GET /orders/1 HTTP/1.1\r\nhost: test\r\nx-padding: ";
+    let mut cut_after = None;
+    for (i, byte) in head
+        .iter()
+        .chain(std::iter::repeat(&b'a'))
+        .take(200)
+        .enumerate()
+    {
+        if slow.write_all(&[*byte]).await.is_err() {
+            cut_after = Some(i);
+            break;
+        }
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(50), slow.read(&mut probe)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut_after = Some(i);
+                break;
+            }
+            Ok(Ok(_)) => panic!("no answer is due to an incomplete head"),
+            Err(_) => {} // still open
+        }
+        if i % 10 == 0 {
+            send(&mut prompt, "/orders/1").await;
+            assert_eq!(read_answer(&mut prompt).await.status, 200);
+        }
+    }
+    let cut_after = cut_after.expect("the server closed the trickling connection");
+    assert!(cut_after < 150, "cut after {cut_after} bytes");
+    send(&mut prompt, "/orders/1").await;
+    assert_eq!(
+        read_answer(&mut prompt).await.status,
+        200,
+        "the prompt client is still served"
+    );
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+}
+
+#[tokio::test]
+async fn a_request_sent_on_a_connection_opened_just_before_stop_accepting_is_served() {
+    let server = start(Controller::builder().drain_delay(Duration::ZERO)).await;
+    // Connected and accepted, request not sent yet: a balancer's fresh upstream connection.
+    let mut fresh = TcpStream::connect(server.addr).await.unwrap();
+    while server.shutdown.tracker().active().by_kind.connection == 0 {
+        tokio::task::yield_now().await;
+    }
+    server.trigger.clone().trigger("test");
+    while server.shutdown.phase() < Phase::StopAccepting {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The request goes out after stop-accepting began: it is answered, not cut.
+    fresh
+        .write_all(b"POST /orders/1 HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut fresh).await;
+    assert_eq!(answer.status, 405, "answered by the app: {}", answer.head);
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert_closed_cleanly(&mut fresh).await;
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+}
+
+#[tokio::test]
+async fn with_an_idle_close_delay_the_next_request_on_an_idle_connection_is_answered() {
+    let config = ServeConfig::default().idle_close_delay(Duration::from_secs(2));
+    let server = start_with(Controller::builder().drain_delay(Duration::ZERO), config).await;
+    // A balancer's pooled connection: one request served, then idle at the stop.
+    let mut pooled = TcpStream::connect(server.addr).await.unwrap();
+    send(&mut pooled, "/orders/1").await;
+    assert_eq!(read_answer(&mut pooled).await.status, 200);
+    server.trigger.clone().trigger("test");
+    while server.shutdown.phase() < Phase::StopAccepting {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Its next request, a POST a balancer could not retry, is answered, then the connection
+    // closes cleanly; without the delay it would have been closed under the request.
+    pooled
+        .write_all(b"POST /orders/1 HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut pooled).await;
+    assert_eq!(answer.status, 405, "answered by the app: {}", answer.head);
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert_closed_cleanly(&mut pooled).await;
+    // Idle connections that get no request close when the delay ends.
+    assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 
 #[tokio::test]

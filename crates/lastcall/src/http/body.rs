@@ -25,12 +25,11 @@ pin_project_lite::pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind<B> {
-        // The inner service's body, tracked.
+        // The inner service's body, tracked: the guard is dropped with the last frame, the
+        // moment the request stops counting.
         Tracked {
             #[pin]
-            body: B,
-            // Dropped with the last frame: that is the moment the request stops counting.
-            guard: Option<WorkGuard>,
+            body: Guarded<B, WorkGuard>,
         },
         // A body the layer wrote itself (health answers, draining rejections).
         Full {
@@ -43,8 +42,7 @@ impl<B> DrainBody<B> {
     pub(crate) fn tracked(body: B, guard: WorkGuard) -> DrainBody<B> {
         DrainBody {
             kind: Kind::Tracked {
-                body,
-                guard: Some(guard),
+                body: Guarded::new(body, Some(guard)),
             },
         }
     }
@@ -71,13 +69,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Tracked { body, guard } => {
-                let polled = body.poll_frame(cx);
-                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
-                }
-                polled
-            }
+            KindProj::Tracked { body } => body.poll_frame(cx),
             KindProj::Full { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
             }
@@ -98,5 +90,48 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that holds `guard` until its last frame, an error, or its drop: a request's
+    /// [`WorkGuard`] in [`DrainBody`], its in-flight mark in `serve`'s connection bookkeeping.
+    #[derive(Debug)]
+    pub(crate) struct Guarded<B, G> {
+        #[pin]
+        body: B,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> Guarded<B, G> {
+    /// `guard` is `None` when there is nothing to hold.
+    pub(crate) fn new(body: B, guard: Option<G>) -> Guarded<B, G> {
+        Guarded { body, guard }
+    }
+}
+
+impl<B: Body, G> Body for Guarded<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

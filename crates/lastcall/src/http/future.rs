@@ -8,7 +8,7 @@ use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Response, StatusCode, Version};
 
 use super::DrainBody;
-use crate::{Phase, Shutdown, WorkGuard, WorkKind};
+use crate::{Phase, WorkGuard, WorkKind};
 
 pin_project_lite::pin_project! {
     /// The future returned by [`Drain`](super::Drain).
@@ -30,7 +30,6 @@ pin_project_lite::pin_project! {
             // Held while the handler runs, then moved into the body: the request counts until
             // its response has been sent.
             guard: Option<WorkGuard>,
-            shutdown: Shutdown,
             version: Version,
         },
         Ready {
@@ -40,17 +39,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn inner(
-        future: F,
-        guard: WorkGuard,
-        shutdown: Shutdown,
-        version: Version,
-    ) -> ResponseFuture<F> {
+    pub(crate) fn inner(future: F, guard: WorkGuard, version: Version) -> ResponseFuture<F> {
         ResponseFuture {
             kind: Kind::Inner {
                 future,
                 guard: Some(guard),
-                shutdown,
                 version,
             },
         }
@@ -76,7 +69,6 @@ where
             KindProj::Inner {
                 future,
                 guard,
-                shutdown,
                 version,
             } => {
                 let response = ready!(future.poll(cx))?;
@@ -87,6 +79,7 @@ where
                 // A stream (SSE, or an upgraded connection such as a WebSocket) is its own kind
                 // of work.
                 let is_stream = parts.status == StatusCode::SWITCHING_PROTOCOLS
+                    || parts.extensions.get::<super::TrackAsStream>().is_some()
                     || parts
                         .headers
                         .get(CONTENT_TYPE)
@@ -95,7 +88,8 @@ where
                     guard.set_kind(WorkKind::Stream);
                 }
                 // After stop-accepting, tell an HTTP/1.x client not to reuse the connection.
-                if shutdown.phase() >= Phase::StopAccepting
+                // The guard reads the phase without a reference count on the shutdown.
+                if guard.phase() >= Phase::StopAccepting
                     && *version <= Version::HTTP_11
                     && parts.status != StatusCode::SWITCHING_PROTOCOLS
                 {

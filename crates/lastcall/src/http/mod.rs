@@ -54,3 +54,19 @@ pub use future::ResponseFuture;
 pub use layer::{DrainLayer, DrainPolicy, HealthPaths};
 pub use serve::{serve, serve_std, ServeConfig};
 pub use service::Drain;
+
+/// A response extension that makes [`DrainLayer`] track the response as a
+/// [`WorkKind::Stream`](crate::WorkKind::Stream) instead of a request, for streams it cannot
+/// recognise by their headers (`text/event-stream` and upgrades it does): a gRPC server stream,
+/// say ([`grpc::stream_response`](crate::grpc::stream_response) sets it), or a long download.
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::http::TrackAsStream;
+///
+/// let mut response = http::Response::new(());
+/// response.extensions_mut().insert(TrackAsStream);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrackAsStream;

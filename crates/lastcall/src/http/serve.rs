@@ -1,9 +1,10 @@
 //! Serving HTTP/1.1 and HTTP/2 through a shutdown: see [`serve`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use super::body::Guarded;
 use crate::{BoxError, Phase, Shutdown, WorkGuard, WorkKind};
 
 /// How [`serve`] treats connections.
@@ -37,6 +39,7 @@ pub struct ServeConfig {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     linger: Duration,
+    idle_close_delay: Duration,
 }
 
 impl Default for ServeConfig {
@@ -45,13 +48,16 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             linger: Duration::from_secs(1),
+            idle_close_delay: Duration::ZERO,
         }
     }
 }
 
 impl ServeConfig {
-    /// How long an HTTP/1 client may take to send a request's headers (default 10 s), so a
-    /// slow or silent client cannot hold a connection open through the shutdown.
+    /// How long an HTTP/1 client may take to send a request's headers, from their first byte
+    /// (default 10 s), so a client that trickles its headers cannot hold a connection open.
+    /// Checked every half timeout: a late head is refused (the connection closed) between 1 and
+    /// 1.5 timeouts after its first byte. A silent client is the idle timeout's.
     pub fn header_read_timeout(mut self, timeout: Duration) -> ServeConfig {
         self.header_read_timeout = timeout;
         self
@@ -70,6 +76,22 @@ impl ServeConfig {
     /// the client sent meanwhile never turns the close into a reset.
     pub fn linger(mut self, linger: Duration) -> ServeConfig {
         self.linger = linger;
+        self
+    }
+
+    /// How long an idle HTTP/1 keep-alive connection stays open after stop-accepting, waiting
+    /// for its client's next request so that request is answered (with `Connection: close`)
+    /// instead of racing the close (default zero: idle connections close at once).
+    ///
+    /// A client that sends a request on a connection the server is closing sees it closed
+    /// under the request; it may retry only what is idempotent. Behind a balancer that learns
+    /// of the shutdown only from its pooled connections closing (open-source nginx, which
+    /// never reads readiness), that race fails a few `POST`s per restart; a delay of 500 ms
+    /// to 1 s, under load, lets every pooled connection carry one more request and close
+    /// cleanly. Behind a balancer that follows readiness, nothing is sent any more at
+    /// stop-accepting and zero is right.
+    pub fn idle_close_delay(mut self, delay: Duration) -> ServeConfig {
+        self.idle_close_delay = delay;
         self
     }
 }
@@ -115,10 +137,9 @@ where
     B::Error: Into<BoxError>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+    // The header-read timeout is enforced by `connection` itself, not by hyper's timer,
+    // which costs a timer-wheel entry and an extra read poll per request (see `ConnState`).
+    builder.http1().header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let local = listener.local_addr().ok();
     let connections = TaskTracker::new();
@@ -219,55 +240,259 @@ async fn connection<S, B>(
     let guard = shutdown
         .tracker()
         .track(WorkKind::Connection, format!("connection {peer}"));
-    let last_io = Arc::new(AtomicU64::new(crate::clock::now()));
+    let state = Arc::new(ConnState::new());
     let io = Lingering {
         stream: Some(stream),
         guard: Some(guard),
         shutdown: shutdown.clone(),
         linger: config.linger,
-        last_io: last_io.clone(),
+        state: state.clone(),
+    };
+    let service = Counted {
+        inner: service,
+        state: state.clone(),
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let stop = shutdown.reached(Phase::StopAccepting);
     let cut = shutdown.reached(Phase::FlushTelemetry);
-    let idle = tokio::time::sleep(config.idle_timeout);
-    tokio::pin!(stop, cut, idle);
+    // One timer per connection, for the idle and header-read timeouts: it fires at least twice
+    // per header-read timeout, so a head that is not complete in time is refused between 1 and
+    // 1.5 timeouts after its first byte.
+    let tick = config
+        .idle_timeout
+        .min(config.header_read_timeout / 2)
+        .max(Duration::from_millis(10));
+    let timer = tokio::time::sleep(tick);
+    tokio::pin!(stop, cut, timer);
     // A connection taken from the backlog after stop-accepting has keep-alive off already; a
     // graceful shutdown now would close it before its request is read.
     let mut draining = arrival == Arrival::AfterStop;
-    loop {
-        tokio::select! {
-            ended = conn.as_mut() => {
-                if let Err(error) = ended {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
-                }
-                break;
+    let mut registered = false;
+    // Set at stop-accepting while waiting for a next request (see below): until when, and
+    // how many requests the connection had had.
+    let mut next_wait: Option<(tokio::time::Instant, u64)> = None;
+    // Not `select!`: that would poll the two phase futures and the timer at every wake of the
+    // connection, and a phase future's poll takes the lock of a `Notify` that every
+    // connection shares. They are polled once, to register this task's waker (which a task
+    // keeps for its life), and then read through the shutdown's atomic phase and the timer's
+    // state, polled again only when they fire.
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+            if let Err(error) = ended {
+                tracing::debug!(%peer, %error, "connection ended with an error");
             }
-            _ = &mut stop, if !draining => {
-                draining = true;
-                // HTTP/1: close if idle, else finish the current exchange with
-                // `Connection: close`. HTTP/2: GOAWAY, then finish the open streams.
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = &mut cut => {
-                tracing::warn!(%peer, "connection still open at the wait deadline; closing it");
-                break;
-            }
-            _ = &mut idle, if !draining => {
-                let quiet = Duration::from_nanos(crate::clock::now().saturating_sub(last_io.load(Ordering::Relaxed)));
-                if quiet >= config.idle_timeout {
-                    tracing::debug!(%peer, quiet_ms = quiet.as_millis() as u64, "closing an idle connection");
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
+            return Poll::Ready(());
+        }
+        if !registered {
+            registered = true;
+            let _ = stop.as_mut().poll(cx);
+            let _ = cut.as_mut().poll(cx);
+            let _ = timer.as_mut().poll(cx);
+        }
+        let phase = shutdown.phase();
+        if phase >= Phase::FlushTelemetry {
+            tracing::warn!(%peer, "connection still open at the wait deadline; closing it");
+            return Poll::Ready(());
+        }
+        if phase >= Phase::StopAccepting && !draining {
+            // An HTTP/1 connection with no request in flight is not closed at once when
+            // - it has not had a request yet: a client that connected just before the stop
+            //   may have its first one on the wire, and hyper would cancel a connection that
+            //   has not read enough to tell HTTP/1 from HTTP/2, closing it under that request
+            //   (a reset, for data already in the socket);
+            // - a request head is half read: hyper would close it as idle;
+            // - `idle_close_delay` asks to wait for the client's next request.
+            // It waits for the next request, for at most the linger (the delay for the last
+            // case), then closes as below; that request is answered with `Connection: close`.
+            let requests = state.requests.load(Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            let (until, requests_at_stop) = *next_wait.get_or_insert_with(|| {
+                // (Connections accepted after the stop start out draining: not here.)
+                let head = state.head_started.load(Ordering::Relaxed) != 0;
+                let wait = if requests == 0 || head {
+                    config.linger
                 } else {
-                    idle.as_mut().reset(tokio::time::Instant::now() + (config.idle_timeout - quiet));
-                }
+                    config.idle_close_delay
+                };
+                (now + wait, requests)
+            });
+            let waiting = now < until
+                && requests == requests_at_stop
+                && state.in_flight.load(Ordering::Relaxed) == 0
+                && !state.no_heads.load(Ordering::Relaxed);
+            if !waiting {
+                draining = true;
+                // HTTP/1: close if idle, else finish the current exchange with `Connection:
+                // close`. HTTP/2: GOAWAY, then finish the open streams.
+                conn.as_mut().graceful_shutdown();
+                continue;
             }
+            if timer.deadline() > until {
+                timer.as_mut().reset(until);
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
+        if !timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        let now = crate::clock::now();
+        let quiet = Duration::from_nanos(now.saturating_sub(state.last_io.load(Ordering::Relaxed)));
+        let next = tick.min(config.idle_timeout.saturating_sub(quiet));
+        let mut at = tokio::time::Instant::now() + next.max(Duration::from_millis(10));
+        if let (Some((until, _)), false) = (next_wait, draining) {
+            at = at.min(until);
+        }
+        timer.as_mut().reset(at);
+        let _ = timer.as_mut().poll(cx);
+        if let Some(reading) = state.reading_head_for(now) {
+            if reading >= config.header_read_timeout {
+                tracing::debug!(%peer, reading_ms = reading.as_millis() as u64, "request head not complete in time; closing");
+                return Poll::Ready(());
+            }
+        }
+        if quiet >= config.idle_timeout && !draining {
+            tracing::debug!(%peer, quiet_ms = quiet.as_millis() as u64, "closing an idle connection");
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+    })
+    .await;
+}
+
+/// What a connection's socket, its service and its loop share; only that connection's task
+/// touches it.
+///
+/// The header-read timeout is kept here rather than by hyper: hyper's arms a timer for every
+/// request (on a keep-alive connection from the end of the previous response) and polls the
+/// read side once more per request to check it, which measured at about 1,100 instructions per
+/// request, a tenth of the server's own work. Here a head's first byte is stamped by the
+/// socket's read, the service's call (the head is complete) clears it, and the connection's
+/// periodic timer compares. A head starts only when no request is in flight: bytes read while
+/// one is (its body, a pipelined request) are not a new head.
+struct ConnState {
+    /// When a byte was last read or written, on the cached clock, for the idle timeout.
+    last_io: AtomicU64,
+    /// When the first byte of a request head was read; 0 when no head is being read.
+    head_started: AtomicU64,
+    /// Requests whose head was read and whose response has not been fully sent.
+    in_flight: AtomicU64,
+    /// Requests whose head was read, ever.
+    requests: AtomicU64,
+    /// HTTP/2 or upgraded: no HTTP/1 heads to time any more.
+    no_heads: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            last_io: AtomicU64::new(crate::clock::now()),
+            head_started: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            no_heads: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes were read at `now`.
+    fn read(&self, now: u64) {
+        self.last_io.store(now, Ordering::Relaxed);
+        if self.head_started.load(Ordering::Relaxed) == 0
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.no_heads.load(Ordering::Relaxed)
+        {
+            self.head_started.store(now.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// A request's head was read: it is in flight until its response has been sent.
+    fn head_read(self: &Arc<Self>, version: http::Version) -> InFlight {
+        self.head_started.store(0, Ordering::Relaxed);
+        if version >= http::Version::HTTP_2 {
+            self.no_heads.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// How long the head being read has taken so far, if one is.
+    fn reading_head_for(&self, now: u64) -> Option<Duration> {
+        let started = self.head_started.load(Ordering::Relaxed);
+        if started == 0 || self.no_heads.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Duration::from_nanos(now.saturating_sub(started)))
+    }
+}
+
+/// One request in flight on a connection, until dropped.
+struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection's service: marks each request in flight until its response body is done.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    state: Arc<ConnState>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Counted<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<CountedBody<B>>;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let in_flight = self.state.head_read(req.version());
+        CountedFuture {
+            inner: self.inner.call(req),
+            in_flight: Some(in_flight),
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    struct CountedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CountedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take();
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(in_flight) = &in_flight {
+                in_flight.0.no_heads.store(true, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(Ok(response.map(|body| Guarded::new(body, in_flight))))
+    }
+}
+
+/// A response body that keeps its request in flight until its last frame.
+type CountedBody<B> = Guarded<B, InFlight>;
 
 /// When a connection was accepted, relative to stop-accepting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,13 +510,15 @@ struct Lingering {
     guard: Option<WorkGuard>,
     shutdown: Shutdown,
     linger: Duration,
-    /// When a byte was last read or written, on the cached clock, for the idle timeout.
-    last_io: Arc<AtomicU64>,
+    /// Shared with the connection's loop and service.
+    state: Arc<ConnState>,
 }
 
 impl Lingering {
     fn touch(&self) {
-        self.last_io.store(crate::clock::now(), Ordering::Relaxed);
+        self.state
+            .last_io
+            .store(crate::clock::now(), Ordering::Relaxed);
     }
 
     /// Counts a write that moved bytes as activity, for the idle timeout.
@@ -323,7 +550,7 @@ impl AsyncRead for Lingering {
             Err(e) => Poll::Ready(Err(e)),
         };
         if buf.filled().len() > before {
-            self.touch();
+            self.state.read(crate::clock::now());
         }
         polled
     }

@@ -1,5 +1,6 @@
 //! The drain middleware: see [`Drain`].
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -14,7 +15,9 @@ use crate::Phase;
 #[derive(Debug, Clone)]
 pub struct Drain<S> {
     inner: S,
-    layer: DrainLayer,
+    // Shared: hyper clones the service for every request, and a `DrainLayer` holds the
+    // health paths' strings.
+    layer: Arc<DrainLayer>,
 }
 
 const DRAINING_BODY: &[u8] =
@@ -23,7 +26,10 @@ const DRAINING_BODY: &[u8] =
 impl<S> Drain<S> {
     /// Wraps `inner` with `layer`'s configuration.
     pub fn new(inner: S, layer: DrainLayer) -> Drain<S> {
-        Drain { inner, layer }
+        Drain {
+            inner,
+            layer: Arc::new(layer),
+        }
     }
 
     /// The inner service.
@@ -111,7 +117,7 @@ where
         label.push_str(target);
         let guard = shutdown.tracker().request(label);
         let version = req.version();
-        ResponseFuture::inner(self.inner.call(req), guard, shutdown.clone(), version)
+        ResponseFuture::inner(self.inner.call(req), guard, version)
     }
 }
 

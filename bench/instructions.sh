@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Instructions per request, which do not swing with the machine's load the way throughput
+# does: each bench-server mode runs under valgrind's callgrind while wrk loads it on loopback
+# for a few seconds; total instructions (user space, startup included) / requests answered.
+#   bash bench/instructions.sh [seconds=6] [modes="axum plain drain"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-6}
+modes=${2:-"axum plain drain"}
+case $seconds in '' | *[!0-9]*) echo "seconds must be a whole number" >&2; exit 2 ;; esac
+for tool in valgrind wrk; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install $tool" >&2; exit 1; }
+done
+cargo build -q --release -p lastcall-bench --bin bench-server
+bin=${CARGO_TARGET_DIR:-target}/release/bench-server
+tmp=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+for mode in $modes; do
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/$mode.cg" "$bin" "$mode" >"$tmp/$mode.out" 2>"$tmp/$mode.err" &
+  pid=$!
+  for _ in $(seq 1 300); do
+    grep -q '^listening on ' "$tmp/$mode.out" && break
+    sleep 0.1
+  done
+  addr=$(sed -n 's/^listening on //p' "$tmp/$mode.out")
+  [ -n "$addr" ] || { echo "bench-server $mode did not start under valgrind" >&2; exit 1; }
+  wrk -t1 -c8 -d"${seconds}s" "http://$addr/" >"$tmp/$mode.wrk"
+  kill -TERM "$pid"
+  wait "$pid" || true
+  pid=
+  requests=$(awk '/requests in/ {print $1}' "$tmp/$mode.wrk")
+  total=$(awk '/^summary:/ {print $2}' "$tmp/$mode.cg")
+  awk -v m="$mode" -v r="$requests" -v t="$total" \
+    'BEGIN { printf "%-6s requests %d, instructions %d, per request %.0f\n", m, r, t, t / r }'
+done
