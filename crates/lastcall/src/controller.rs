@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
 use crate::shutdown::Shared;
 use crate::step::{run_steps, Step, StepResult};
-use crate::{Builder, Exit, Health, HealthState, Phase, Shutdown, Tracker, Trigger};
+use crate::{ActiveWork, Builder, Exit, Health, HealthState, Phase, Shutdown, Tracker, Trigger};
 
 /// How many active items a report lists (its `count` covers all of them).
 const REPORTED_ITEMS: usize = 50;
@@ -225,7 +225,6 @@ impl Controller {
             "the not-ready token is cancelled only by the first trigger, after it is recorded",
         );
         let t0 = first.at;
-        let plan = shared.plan;
         let mut steps =
             std::mem::take(&mut *self.steps.lock().unwrap_or_else(PoisonError::into_inner));
         let mut take_steps = |phase: Phase| -> Vec<Step> {
@@ -274,6 +273,15 @@ impl Controller {
                 }
             };
 
+        // The figures so far go out before the telemetry is flushed, so they leave the process
+        // with it; what the last two phases add is recorded at exit.
+        let so_far = flow.report(&first.cause, work_at_deadline.clone());
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_before_flush(&so_far);
+        #[cfg(feature = "metrics")]
+        let rejected_before_flush = so_far.rejected_while_draining;
+        shared.set_report_so_far(so_far);
+
         flow.run_phase(Phase::FlushTelemetry, take_steps(Phase::FlushTelemetry))
             .await;
         flow.run_phase(
@@ -286,35 +294,11 @@ impl Controller {
         shared.health.advance(HealthState::Stopped);
         shared.disarm_watchdog();
 
-        let cleanup_failed = flow
-            .steps
-            .iter()
-            .any(|s| s.outcome != crate::StepOutcome::Ok);
-        let exit = if work_at_deadline.is_some() {
-            Exit::WorkCut
-        } else if cleanup_failed {
-            Exit::CleanupFailed
-        } else if matches!(first.cause, TriggerCause::Fatal { .. }) {
-            Exit::Fatal
-        } else {
-            Exit::Clean
-        };
-        let report = Report {
-            trigger: first.cause,
-            later_signals: shared.later_signals(),
-            budget: *plan.budget(),
-            phases: flow.phases,
-            steps: flow.steps,
-            work_at_deadline,
-            rejected_while_draining: shared.rejected(),
-            total: t0.elapsed(),
-            exit,
-            exit_code: exit.code(),
-        };
+        let report = flow.report(&first.cause, work_at_deadline);
         log(&report);
         shared.write_report_file(&report);
         #[cfg(feature = "metrics")]
-        crate::metrics::record(&report);
+        crate::metrics::record_at_exit(&report, rejected_before_flush);
         report
     }
 
@@ -395,6 +379,35 @@ impl Flow<'_> {
             deadline: self.deadline(phase, started) - self.t0,
             outcome,
         });
+    }
+
+    /// The report of the flow so far; its exit is the one the phases so far lead to.
+    fn report(&self, trigger: &TriggerCause, work_at_deadline: Option<ActiveWork>) -> Report {
+        let cleanup_failed = self
+            .steps
+            .iter()
+            .any(|s| s.outcome != crate::StepOutcome::Ok);
+        let exit = if work_at_deadline.is_some() {
+            Exit::WorkCut
+        } else if cleanup_failed {
+            Exit::CleanupFailed
+        } else if matches!(trigger, TriggerCause::Fatal { .. }) {
+            Exit::Fatal
+        } else {
+            Exit::Clean
+        };
+        Report {
+            trigger: trigger.clone(),
+            later_signals: self.shared.later_signals(),
+            budget: *self.shared.plan.budget(),
+            phases: self.phases.clone(),
+            steps: self.steps.clone(),
+            work_at_deadline,
+            rejected_while_draining: self.shared.rejected(),
+            total: self.t0.elapsed(),
+            exit,
+            exit_code: exit.code(),
+        }
     }
 
     async fn run_phase(&mut self, phase: Phase, steps: Vec<Step>) {

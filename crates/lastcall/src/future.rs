@@ -1,4 +1,4 @@
-//! Named futures returned by lastcall's async methods.
+//! Named futures (and the one stream) returned by lastcall's methods.
 
 use std::fmt;
 use std::future::Future;
@@ -76,5 +76,71 @@ impl Future for Idle {
 impl fmt::Debug for Idle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Idle").finish_non_exhaustive()
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "tonic"))]
+pin_project_lite::pin_project! {
+    /// A stream that, when the shutdown reaches stop-accepting, yields one last item and
+    /// ends; until then it is the stream it wraps. Made by
+    /// [`http::sse::until_shutdown`](crate::http::sse::until_shutdown) (the last item is an
+    /// SSE event) and [`grpc::until_shutdown`](crate::grpc::until_shutdown) (an `UNAVAILABLE`
+    /// status).
+    #[must_use = "streams do nothing unless polled"]
+    pub struct UntilShutdown<S>
+    where
+        S: futures_core::Stream,
+    {
+        #[pin]
+        inner: S,
+        #[pin]
+        stop: PhaseReached,
+        last: Option<S::Item>,
+        ended: bool,
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "tonic"))]
+impl<S: futures_core::Stream> UntilShutdown<S> {
+    pub(crate) fn new(shutdown: &crate::Shutdown, inner: S, last: S::Item) -> UntilShutdown<S> {
+        UntilShutdown {
+            inner,
+            stop: shutdown.reached(Phase::StopAccepting),
+            last: Some(last),
+            ended: false,
+        }
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "tonic"))]
+impl<S: futures_core::Stream> futures_core::Stream for UntilShutdown<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        if this.stop.poll(cx).is_ready() {
+            *this.ended = true;
+            return Poll::Ready(this.last.take());
+        }
+        match this.inner.poll_next(cx) {
+            Poll::Ready(None) => {
+                *this.ended = true;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "tonic"))]
+impl<S: futures_core::Stream + fmt::Debug> fmt::Debug for UntilShutdown<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UntilShutdown")
+            .field("inner", &self.inner)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 }

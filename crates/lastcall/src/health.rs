@@ -95,7 +95,7 @@ impl Health {
     }
 
     /// Resolves once the state is `state` or a later one.
-    #[cfg_attr(not(feature = "systemd"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "systemd", feature = "tonic")), allow(dead_code))]
     pub(crate) async fn reached(&self, state: HealthState) {
         loop {
             let changed = self.changed.notified();

@@ -68,8 +68,12 @@ mod watchdog;
 
 pub mod error;
 pub mod future;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 pub mod schedule;
 #[cfg(all(feature = "systemd", unix))]
 pub mod systemd;

@@ -1,4 +1,6 @@
-//! Records a [`Report`] through the `metrics` facade (feature `metrics`).
+//! Records a [`Report`] through the `metrics` facade (feature `metrics`), in two parts: what
+//! is known when the flush-telemetry phase begins is recorded then, so that the exporter it
+//! flushes ships it; the flush and close phases and the outcome are recorded at exit.
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
@@ -11,62 +13,75 @@
 //! | `lastcall_shutdown_later_signals_total` | counter | |
 //! | `lastcall_shutdown_exit_code` | gauge | |
 
-use crate::report::{Report, StepOutcome, TriggerCause};
-use crate::{KindCounts, WorkKind};
+use crate::report::{PhaseReport, Report, StepReport};
+use crate::Phase;
 
-/// Records `report` with whatever `metrics` recorder is installed (none: a no-op).
-pub(crate) fn record(report: &Report) {
-    let (trigger, signal) = match &report.trigger {
-        TriggerCause::Signal { signal } => ("signal", signal.as_str()),
-        TriggerCause::Requested { .. } => ("requested", "none"),
-        TriggerCause::Fatal { .. } => ("fatal", "none"),
-    };
+/// Records what the shutdown knows before the flush-telemetry phase (`so_far`, see
+/// [`Shutdown::report_so_far`](crate::Shutdown::report_so_far)), so an exporter flushed in
+/// that phase ships it: the phases up to waiting for work, the rejections, the work active
+/// at the deadline, the stop-accepting steps that failed.
+pub(crate) fn record_before_flush(so_far: &Report) {
+    for phase in &so_far.phases {
+        record_phase(phase);
+    }
+    metrics::counter!("lastcall_shutdown_rejected_while_draining_total")
+        .increment(so_far.rejected_while_draining);
+    for (kind, count) in so_far.cut_by_kind() {
+        metrics::gauge!("lastcall_shutdown_active_at_deadline", "kind" => kind.as_str())
+            .set(count as f64);
+    }
+    for step in so_far.failed_steps() {
+        record_failure(step);
+    }
+}
+
+/// Records the rest of `report` at exit: the flush and close phases and their failed steps,
+/// the shutdown's outcome, duration and later signals, and the rejections counted since
+/// [`record_before_flush`] (which recorded `rejected_before_flush`).
+pub(crate) fn record_at_exit(report: &Report, rejected_before_flush: u64) {
+    let (trigger, signal) = report.trigger_labels();
     let exit = report.exit.as_str();
     metrics::counter!("lastcall_shutdown_total", "trigger" => trigger, "signal" => signal, "exit" => exit)
         .increment(1);
     metrics::histogram!("lastcall_shutdown_duration_seconds").record(report.total.as_secs_f64());
-    for phase in &report.phases {
-        let outcome = phase.outcome.as_str();
-        metrics::histogram!(
-            "lastcall_shutdown_phase_duration_seconds",
-            "phase" => phase.phase.as_str(),
-            "outcome" => outcome
-        )
-        .record(phase.duration.as_secs_f64());
+    for phase in report
+        .phases
+        .iter()
+        .filter(|p| p.phase >= Phase::FlushTelemetry)
+    {
+        record_phase(phase);
     }
-    metrics::counter!("lastcall_shutdown_rejected_while_draining_total")
-        .increment(report.rejected_while_draining);
-    let cut = report
-        .work_at_deadline
-        .as_ref()
-        .map(|w| w.by_kind)
-        .unwrap_or_default();
-    for kind in [
-        WorkKind::Request,
-        WorkKind::Stream,
-        WorkKind::Job,
-        WorkKind::Task,
-        WorkKind::Connection,
-    ] {
-        metrics::gauge!("lastcall_shutdown_active_at_deadline", "kind" => kind.as_str())
-            .set(KindCounts::get(&cut, kind) as f64);
-    }
-    for step in report.failed_steps() {
-        let outcome = match step.outcome {
-            StepOutcome::Ok => "ok",
-            StepOutcome::Failed { .. } => "failed",
-            StepOutcome::TimedOut => "timed_out",
-            StepOutcome::Panicked { .. } => "panicked",
-        };
-        metrics::counter!(
-            "lastcall_shutdown_cleanup_failures_total",
-            "step" => step.name.clone(),
-            "phase" => step.phase.as_str(),
-            "outcome" => outcome
-        )
-        .increment(1);
+    metrics::counter!("lastcall_shutdown_rejected_while_draining_total").increment(
+        report
+            .rejected_while_draining
+            .saturating_sub(rejected_before_flush),
+    );
+    for step in report
+        .failed_steps()
+        .filter(|s| s.phase >= Phase::FlushTelemetry)
+    {
+        record_failure(step);
     }
     metrics::counter!("lastcall_shutdown_later_signals_total")
         .increment(report.later_signals.len() as u64);
     metrics::gauge!("lastcall_shutdown_exit_code").set(f64::from(report.exit_code));
+}
+
+fn record_phase(phase: &PhaseReport) {
+    metrics::histogram!(
+        "lastcall_shutdown_phase_duration_seconds",
+        "phase" => phase.phase.as_str(),
+        "outcome" => phase.outcome.as_str()
+    )
+    .record(phase.duration.as_secs_f64());
+}
+
+fn record_failure(step: &StepReport) {
+    metrics::counter!(
+        "lastcall_shutdown_cleanup_failures_total",
+        "step" => step.name.clone(),
+        "phase" => step.phase.as_str(),
+        "outcome" => step.outcome.as_str()
+    )
+    .increment(1);
 }

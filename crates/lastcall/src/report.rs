@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ActiveWork, Budget, Exit, Phase, Signal};
+use crate::{ActiveWork, Budget, Exit, Phase, Signal, WorkKind};
 
 /// The structured record of one shutdown: what triggered it, how each phase went, what was
 /// left behind, and the exit code.
@@ -223,6 +223,47 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg_attr(
+    not(any(feature = "metrics", feature = "opentelemetry")),
+    allow(dead_code)
+)]
+impl Report {
+    /// The trigger as metric labels: its kind (`signal`, `requested`, `fatal`) and its signal
+    /// (`none` unless a signal).
+    pub(crate) fn trigger_labels(&self) -> (&'static str, &'static str) {
+        match &self.trigger {
+            TriggerCause::Signal { signal } => ("signal", signal.as_str()),
+            TriggerCause::Requested { .. } => ("requested", "none"),
+            TriggerCause::Fatal { .. } => ("fatal", "none"),
+        }
+    }
+
+    /// The work cut at the wait-for-work deadline, per kind: every kind, zero where none was.
+    pub(crate) fn cut_by_kind(&self) -> impl Iterator<Item = (WorkKind, usize)> {
+        let cut = self
+            .work_at_deadline
+            .as_ref()
+            .map(|w| w.by_kind)
+            .unwrap_or_default();
+        WorkKind::ALL
+            .into_iter()
+            .map(move |kind| (kind, cut.get(kind)))
+    }
+}
+
+impl StepOutcome {
+    /// The outcome's stable `snake_case` name, as in the report's `status` field and metric
+    /// labels.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            StepOutcome::Ok => "ok",
+            StepOutcome::Failed { .. } => "failed",
+            StepOutcome::TimedOut => "timed_out",
+            StepOutcome::Panicked { .. } => "panicked",
+        }
     }
 }
 

@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     current_step: Mutex<Option<(Phase, String)>>,
     /// Called synchronously as each phase is entered, with the end of the budget.
     observers: Mutex<Vec<PhaseObserver>>,
+    /// The report up to the end of waiting for work, set as the flush-telemetry phase begins.
+    so_far: Mutex<Option<crate::Report>>,
 }
 
 /// A callback run as each phase is entered: the phase, and the instant the budget ends.
@@ -169,6 +171,35 @@ impl Shutdown {
     pub fn record_rejection(&self) {
         self.shared.rejected.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The shutdown's report as it stood when the flush-telemetry phase began: the trigger,
+    /// the phases up to waiting for work, the stop-accepting steps, the work cut at the
+    /// deadline, the rejections, and the exit the shutdown is heading for. `None` before then.
+    ///
+    /// For flush steps that ship the shutdown's own figures with the last batch of telemetry
+    /// (as [`otel::Flush`](crate::otel::Flush) does): once the process has exited, nobody
+    /// scrapes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lastcall::Controller;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let controller = Controller::builder().ignore_env().drain_delay(Duration::ZERO).build().unwrap();
+    /// let shutdown = controller.shutdown();
+    /// controller.flush("ship figures", Duration::from_secs(1), move || async move {
+    ///     let so_far = shutdown.report_so_far().expect("set before the flush phase");
+    ///     println!("waited {:?} for work", so_far.phases.last().map(|p| p.duration));
+    /// });
+    /// controller.trigger().trigger("example");
+    /// controller.run().await;
+    /// # }
+    /// ```
+    pub fn report_so_far(&self) -> Option<crate::Report> {
+        lock(&self.shared.so_far).clone()
+    }
 }
 
 impl Trigger {
@@ -211,6 +242,7 @@ impl Shared {
             rejected: AtomicU64::new(0),
             current_step: Mutex::new(None),
             observers: Mutex::new(Vec::new()),
+            so_far: Mutex::new(None),
         }
     }
 
@@ -284,6 +316,7 @@ impl Shared {
     /// Moves to `phase` and wakes everything waiting for it or an earlier phase.
     pub(crate) fn enter(&self, phase: Phase) {
         let before = self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        self.tracker.set_phase(phase);
         for token in &self.tokens[..=phase.index()] {
             token.cancel();
         }
@@ -302,6 +335,10 @@ impl Shared {
 
     pub(crate) fn token_ref(&self, phase: Phase) -> &CancellationToken {
         &self.tokens[phase.index()]
+    }
+
+    pub(crate) fn set_report_so_far(&self, report: crate::Report) {
+        *lock(&self.so_far) = Some(report);
     }
 
     pub(crate) fn rejected(&self) -> u64 {

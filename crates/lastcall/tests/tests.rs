@@ -13,6 +13,10 @@ mod controller;
 mod process;
 // The HTTP drain on real sockets (features `http`, `axum`).
 mod http;
+// gRPC through a shutdown with a real tonic client (feature `tonic`).
+mod grpc;
+// The OpenTelemetry flush step, with the OTLP/HTTP exporter and an in-test receiver.
+mod otel;
 // The work tracker: guards, snapshots, event-driven idleness.
 mod tracker;
 // Workers on SQLite, PostgreSQL and NATS JetStream; the scheduler.

@@ -1,30 +1,14 @@
 //! Server-Sent Events that end cleanly at shutdown (feature `axum`): see [`until_shutdown`].
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::sse::Event;
 use futures_core::Stream;
 
-use crate::future::PhaseReached;
-use crate::{Phase, Shutdown};
+use crate::Shutdown;
 
-pin_project_lite::pin_project! {
-    /// An SSE event stream that ends with a final event when the shutdown stops accepting;
-    /// returned by [`until_shutdown`].
-    #[must_use = "streams do nothing unless polled"]
-    #[derive(Debug)]
-    pub struct UntilShutdown<S> {
-        #[pin]
-        inner: S,
-        #[pin]
-        stop: PhaseReached,
-        last: Option<Event>,
-        ended: bool,
-    }
-}
+/// The stream [`until_shutdown`] returns.
+pub use crate::future::UntilShutdown;
 
 /// Wraps an SSE event stream so that when the shutdown reaches stop-accepting it sends one last
 /// event, `event: shutdown` with a `retry:` hint of one second (the client reconnects, to
@@ -80,35 +64,5 @@ pub fn until_shutdown_with<S, E>(shutdown: &Shutdown, stream: S, last: Event) ->
 where
     S: Stream<Item = Result<Event, E>>,
 {
-    UntilShutdown {
-        inner: stream,
-        stop: shutdown.reached(Phase::StopAccepting),
-        last: Some(last),
-        ended: false,
-    }
-}
-
-impl<S, E> Stream for UntilShutdown<S>
-where
-    S: Stream<Item = Result<Event, E>>,
-{
-    type Item = Result<Event, E>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.project();
-        if *this.ended {
-            return Poll::Ready(None);
-        }
-        if this.stop.poll(cx).is_ready() {
-            *this.ended = true;
-            return Poll::Ready(this.last.take().map(Ok));
-        }
-        match this.inner.poll_next(cx) {
-            Poll::Ready(None) => {
-                *this.ended = true;
-                Poll::Ready(None)
-            }
-            other => other,
-        }
-    }
+    UntilShutdown::new(shutdown, stream, Ok(last))
 }
