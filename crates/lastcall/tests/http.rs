@@ -56,16 +56,7 @@ fn app(shutdown: Shutdown) -> Router {
             "/orders/{id}",
             get(|Path(id): Path<u32>| async move { format!("{{\"id\":{id}}}") }),
         )
-        .route(
-            "/reports/slow",
-            get(
-                |Query(q): Query<std::collections::HashMap<String, u64>>| async move {
-                    tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(0)))
-                        .await;
-                    "report ready"
-                },
-            ),
-        )
+        .route("/reports/slow", get(slow).post(slow))
         .route(
             "/events",
             get(move || {
@@ -82,6 +73,12 @@ fn app(shutdown: Shutdown) -> Router {
                 }
             }),
         )
+}
+
+/// Answers after `?ms=` milliseconds; never reads a request body.
+async fn slow(Query(q): Query<std::collections::HashMap<String, u64>>) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(q.get("ms").copied().unwrap_or(0))).await;
+    "report ready"
 }
 
 async fn start(builder: lastcall::Builder) -> Server {
@@ -144,7 +141,7 @@ async fn send(stream: &mut TcpStream, path: &str) {
 }
 
 /// Reads one whole response (Content-Length or chunked); panics on a reset or a truncation.
-async fn read_answer(stream: &mut TcpStream) -> Answer {
+async fn read_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Answer {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
@@ -209,7 +206,7 @@ async fn fetch(addr: SocketAddr, path: &str) -> Answer {
 }
 
 /// Asserts the server closes the connection with FIN (a clean end of stream), not a reset.
-async fn assert_closed_cleanly(stream: &mut TcpStream) {
+async fn assert_closed_cleanly(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
     let mut byte = [0u8; 1];
     match tokio::time::timeout(PATIENCE, stream.read(&mut byte))
         .await
@@ -236,6 +233,41 @@ async fn a_slow_request_in_flight_at_the_signal_completes_with_connection_close(
     assert_eq!(answer.body, "report ready");
     assert_eq!(answer.header("connection").as_deref(), Some("close"));
     assert_closed_cleanly(&mut client).await;
+    let report = server.finish().await;
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+}
+
+#[tokio::test]
+async fn a_request_body_left_unread_does_not_turn_the_close_into_a_reset() {
+    let server = start(Controller::builder().budget(Duration::from_secs(10))).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    // An upload the handler never reads: the server answers with `Connection: close` while
+    // the body sits unread in its socket. Closing the socket then would make the kernel send
+    // a reset, which can destroy the response on its way; the server must send FIN and
+    // discard what the client still sends.
+    client
+        .write_all(
+            b"POST /reports/slow?ms=400 HTTP/1.1\r\nhost: test\r\ncontent-length: 33554432\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = client.into_split();
+    // More than the server's buffers take in, sent alongside, as an uploading client does.
+    let upload = tokio::spawn(async move {
+        let sent = writer.write_all(&vec![b'x'; 32 << 20]).await;
+        (sent, writer)
+    });
+    while server.shutdown.tracker().active().by_kind.request == 0 {
+        tokio::task::yield_now().await;
+    }
+    server.trigger.clone().trigger("test");
+    let answer = read_answer(&mut reader).await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "report ready"));
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert_closed_cleanly(&mut reader).await;
+    let (sent, writer) = upload.await.unwrap();
+    sent.expect("the rest of the upload is taken in and discarded, not answered with a reset");
+    drop(writer); // the client's FIN ends the server's wait
     let report = server.finish().await;
     assert_eq!(report.exit, Exit::Clean, "{report}");
 }

@@ -71,9 +71,11 @@ impl ServeConfig {
         self
     }
 
-    /// How long a connection closed during the shutdown waits for the client to close its side
-    /// (default 1 s). The server sends its FIN first and reads until the client's, so data
-    /// the client sent meanwhile never turns the close into a reset.
+    /// How long a connection closed during the shutdown with client bytes still unread (a
+    /// pipelined request, a body the handler did not read) waits for the client to close its
+    /// side (default 1 s). The server sends its FIN first and reads until the client's, so
+    /// that data never turns the close into a reset that could destroy the last response. A
+    /// connection with nothing unread closes at once.
     pub fn linger(mut self, linger: Duration) -> ServeConfig {
         self.linger = linger;
         self
@@ -502,8 +504,9 @@ enum Arrival {
 }
 
 /// The connection's socket, which closes politely once the shutdown has begun: when hyper is
-/// done with it, the socket sends FIN and reads until the client's FIN (bounded) instead of
-/// closing with unread data, which the kernel would answer with a reset.
+/// done with it and the client has sent bytes nobody read, the socket sends FIN and reads
+/// until the client's FIN (bounded) instead of closing with unread data, which the kernel
+/// would answer with a reset. With nothing unread it closes at once.
 struct Lingering {
     stream: Option<TcpStream>,
     // The connection counts as work until its socket is really closed.
@@ -607,9 +610,16 @@ impl Drop for Lingering {
         if phase < Phase::StopAccepting || phase >= Phase::FlushTelemetry {
             return;
         }
-        let (Some(stream), Ok(runtime)) =
-            (self.stream.take(), tokio::runtime::Handle::try_current())
-        else {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // Nothing unread: closing now sends FIN, not a reset, so there is nothing to linger
+        // for (nginx's heuristic too). Waiting for the client's FIN would only hold the
+        // process for a round trip after its last response.
+        if !has_unread(&stream) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let guard = self.guard.take();
@@ -626,6 +636,15 @@ impl Drop for Lingering {
             .await;
         });
     }
+}
+
+/// Whether the client has sent bytes nobody read (a pipelined request, an unread body):
+/// closing the socket now would answer them with a reset, which can destroy the response still
+/// on its way to the client. A closed or failed socket has nothing unread.
+fn has_unread(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    // A non-blocking peek: `WouldBlock` when nothing is there, `Ok(0)` after the client's FIN.
+    matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// Sends FIN, then reads and discards until the client's FIN.
