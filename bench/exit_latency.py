@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Time from the last in-flight response to process exit, drain delay 0: lastcall's server
-against a plain axum `with_graceful_shutdown` server, alternating in one run.
+against a plain axum `with_graceful_shutdown` server, alternating in one run. lastcall's server
+ends its runtime through `lastcall::runtime::block_on`, once with the default bounded
+`Teardown::Wait` and once with `Teardown::Detach`; the axum peer drops its runtime as
+`#[tokio::main]` does.
 
     python3 bench/exit_latency.py [iterations=20]
 
@@ -37,8 +40,16 @@ def wait_exit(server, pidfd, timeout):
         os.close(pidfd)
 
 
-def once(mode):
-    env = dict(os.environ, PORT="0", LASTCALL_DRAIN_DELAY="0s", RUST_LOG="off")
+VARIANTS = {
+    "lastcall (wait)": ("drain", {"BENCH_TEARDOWN": "wait"}),
+    "lastcall (detach)": ("drain", {"BENCH_TEARDOWN": "detach"}),
+    "axum": ("axum", {}),
+}
+
+
+def once(variant):
+    mode, extra = VARIANTS[variant]
+    env = dict(os.environ, PORT="0", LASTCALL_DRAIN_DELAY="0s", RUST_LOG="off", **extra)
     server = subprocess.Popen([BIN, mode], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:
         pidfd = os.pidfd_open(server.pid)
@@ -59,7 +70,7 @@ def once(mode):
         exited = wait_exit(server, pidfd, 30)
         status = server.wait()
         if not response.startswith(b"HTTP/1.1 200") or status != 0:
-            raise SystemExit(f"{mode}: bad run (status {status}): {response[:80]!r}")
+            raise SystemExit(f"{variant}: bad run (status {status}): {response[:80]!r}")
         return (exited - answered) * 1000.0
     finally:
         if server.poll() is None:
@@ -70,16 +81,17 @@ def once(mode):
 def main():
     iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     subprocess.run(["cargo", "build", "-q", "--release", "-p", "lastcall-bench"], cwd=ROOT, check=True)
-    samples = {"drain": [], "axum": []}
+    samples = {variant: [] for variant in VARIANTS}
     for _ in range(iterations):
-        for mode in ("drain", "axum"):
-            samples[mode].append(once(mode))
-    for mode, ms in samples.items():
+        for variant in VARIANTS:
+            samples[variant].append(once(variant))
+    for variant, ms in samples.items():
         ms.sort()
         p90 = ms[int(0.9 * (len(ms) - 1))]
-        print(f"{mode:>5}: median {statistics.median(ms):.3f} ms  p90 {p90:.3f} ms  max {ms[-1]:.3f} ms  (n={len(ms)})")
-    ratio = statistics.median(samples["drain"]) / statistics.median(samples["axum"])
-    print(f"lastcall / axum (medians) = {ratio:.2f}")
+        print(f"{variant:>17}: median {statistics.median(ms):.3f} ms  p90 {p90:.3f} ms  max {ms[-1]:.3f} ms  (n={len(ms)})")
+    peer = statistics.median(samples["axum"])
+    for variant in ("lastcall (wait)", "lastcall (detach)"):
+        print(f"{variant} / axum (medians) = {statistics.median(samples[variant]) / peer:.2f}")
 
 
 if __name__ == "__main__":

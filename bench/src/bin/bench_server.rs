@@ -16,6 +16,7 @@ use axum::extract::Query;
 use axum::routing::get;
 use axum::Router;
 use lastcall::http::{serve, DrainLayer, ServeConfig};
+use lastcall::runtime::Teardown;
 use lastcall::Controller;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -37,9 +38,33 @@ fn app() -> Router {
     )
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("bench-server: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if mode == "axum" {
+        // What `#[tokio::main]` does: block on main, then drop the runtime.
+        return runtime.block_on(run(mode));
+    }
+    // lastcall's servers end the runtime through lastcall::runtime::block_on, bounded by
+    // default, or detached with BENCH_TEARDOWN=detach.
+    let teardown = match std::env::var("BENCH_TEARDOWN").as_deref() {
+        Ok("detach") => Teardown::Detach,
+        Ok("wait") | Err(_) => Teardown::default(),
+        Ok(other) => {
+            eprintln!("bench-server: BENCH_TEARDOWN={other:?}; use wait or detach");
+            return ExitCode::from(2);
+        }
+    };
+    lastcall::runtime::block_on(runtime, teardown, run(mode))
+}
+
+async fn run(mode: String) -> ExitCode {
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())

@@ -31,6 +31,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lastcall::http::sse::until_shutdown;
 use lastcall::http::{serve_std, DrainLayer, ServeConfig};
+use lastcall::runtime::Teardown;
 use lastcall::schedule::{Scheduler, TaskHandle};
 use lastcall::worker::{Job, NewJob, SqliteQueue, Worker, WorkerHandle};
 use lastcall::{Controller, Shutdown};
@@ -135,7 +136,8 @@ pub(crate) fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args))
+    // The runtime's teardown is bounded: a blocking task cannot hold the exit.
+    lastcall::runtime::block_on(runtime, Teardown::default(), run(args))
 }
 
 async fn run(args: DemoArgs) -> ExitCode {

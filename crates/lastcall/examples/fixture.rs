@@ -9,6 +9,8 @@
 //! - `block`: in stop-accepting, a task blocks the (single-threaded) runtime for ten minutes;
 //! - `fatal-after=MS`: the service calls `Trigger::fatal` after MS milliseconds;
 //! - `systemd`: reports to systemd over `NOTIFY_SOCKET` (`lastcall::systemd::notify`).
+//! - `blocking-leftover`: an untracked `spawn_blocking` task that sleeps for ten minutes;
+//!   the runtime ends through `lastcall::runtime::block_on`, so it cannot hold the exit.
 //!
 //! It prints `ready` once the controller is built, `phase NAME` as phases begin, and
 //! `report: {json}` at the end; logs go to stderr.
@@ -17,10 +19,25 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use lastcall::runtime::Teardown;
 use lastcall::{Controller, Phase};
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("fixture: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Bounded teardown: a blocking task left running cannot hold the exit.
+    lastcall::runtime::block_on(runtime, Teardown::default(), service())
+}
+
+async fn service() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -87,6 +104,11 @@ async fn main() -> ExitCode {
                     // A handler that blocks the runtime thread: nothing async runs any more.
                     std::thread::sleep(Duration::from_secs(600));
                 });
+            }
+            "blocking-leftover" => {
+                // An untracked blocking task that never returns (a read on a stuck pipe):
+                // dropping the runtime would wait for it forever.
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(600)));
             }
             "fatal-after" => {
                 let trigger = controller.trigger();

@@ -74,6 +74,7 @@ pub mod grpc;
 pub mod http;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
+pub mod runtime;
 pub mod schedule;
 #[cfg(all(feature = "systemd", unix))]
 pub mod systemd;

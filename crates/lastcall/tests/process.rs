@@ -411,6 +411,22 @@ fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
 }
 
 #[test]
+fn a_blocking_task_left_running_cannot_hold_the_exit() {
+    // Dropping a tokio runtime waits for its blocking tasks with no limit: this one sleeps ten
+    // minutes. The fixture ends its runtime through `lastcall::runtime::block_on`.
+    let fixture = Fixture::ready(&["blocking-leftover"], &[]);
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    assert_eq!(ended.report().exit, lastcall::Exit::Clean);
+    assert!(
+        ended.stderr.contains("teardown outlived its limit"),
+        "the abandoned task is reported: {}",
+        ended.stderr
+    );
+}
+
+#[test]
 fn a_fatal_trigger_exits_1_after_a_clean_shutdown() {
     let fixture = Fixture::ready(&["fatal-after=50"], &[]);
     let ended = fixture.wait();
