@@ -2,7 +2,10 @@
 //!
 //! - `drain`: lastcall's stack, `DrainLayer` + `lastcall::http::serve` + the controller;
 //! - `plain`: the same server without the `DrainLayer` (its overhead is the difference);
-//! - `axum`: the peer, `axum::serve(..).with_graceful_shutdown(SIGTERM)`.
+//! - `axum`: the peer, `axum::serve(..).with_graceful_shutdown(SIGTERM)`;
+//! - `axum-orders`: the same peer serving the reference service's `GET /orders/{id}` from a
+//!   SQLite file (`BENCH_DB`, created and seeded like `lastcall demo`'s), the peer of
+//!   `lastcall demo` in `bench/rolling.sh orders`.
 //!
 //! `BENCH_IDLE_CLOSE_DELAY` (a duration) sets `ServeConfig::idle_close_delay` in the first two.
 //!
@@ -12,13 +15,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::extract::Query;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use lastcall::http::{serve, DrainLayer, ServeConfig};
 use lastcall::runtime::Teardown;
 use lastcall::Controller;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::net::TcpListener;
 use tower_layer::Layer as _;
 
@@ -113,15 +119,8 @@ async fn run(mode: String) -> ExitCode {
         }
         "axum" => {
             println!("listening on {addr}");
-            let stop = async {
-                if let Ok(mut term) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    term.recv().await;
-                }
-            };
             match axum::serve(listener, app())
-                .with_graceful_shutdown(stop)
+                .with_graceful_shutdown(sigterm())
                 .await
             {
                 Ok(()) => ExitCode::SUCCESS,
@@ -131,9 +130,109 @@ async fn run(mode: String) -> ExitCode {
                 }
             }
         }
+        "axum-orders" => {
+            let pool = match orders_db().await {
+                Ok(pool) => pool,
+                Err(err) => {
+                    eprintln!("bench-server: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!("listening on {addr}");
+            let app = Router::new()
+                .route("/orders/{id}", get(order))
+                .with_state(pool.clone());
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(sigterm())
+                .await;
+            pool.close().await;
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("bench-server: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         other => {
-            eprintln!("bench-server: unknown mode {other:?}; use drain, plain or axum");
+            eprintln!(
+                "bench-server: unknown mode {other:?}; use drain, plain, axum or axum-orders"
+            );
             ExitCode::from(2)
         }
+    }
+}
+
+/// Resolves at the first SIGTERM.
+async fn sigterm() {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        term.recv().await;
+    }
+}
+
+/// The orders table of `lastcall demo`, at `BENCH_DB`, with order 1 in it.
+async fn orders_db() -> Result<SqlitePool, String> {
+    let path = std::env::var("BENCH_DB")
+        .map_err(|_| "BENCH_DB is not set; set it to a SQLite file path".to_string())?;
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|err| format!("cannot open BENCH_DB={path:?}: {err}"))?;
+    for sql in [
+        "CREATE TABLE IF NOT EXISTS orders (
+            id INTEGER PRIMARY KEY,
+            item TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            confirmations INTEGER NOT NULL DEFAULT 0,
+            job_id INTEGER
+        )",
+        "INSERT OR IGNORE INTO orders (id, item, quantity, status, confirmations)
+         VALUES (1, 'item-1', 2, 'confirmed', 1)",
+    ] {
+        sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .map_err(|err| format!("cannot prepare BENCH_DB={path:?}: {err}"))?;
+    }
+    Ok(pool)
+}
+
+#[derive(Serialize)]
+struct OrderView {
+    id: i64,
+    item: String,
+    quantity: i64,
+    status: String,
+    confirmations: i64,
+    job: Option<()>,
+}
+
+async fn order(State(pool): State<SqlitePool>, Path(id): Path<i64>) -> Response {
+    let found = sqlx::query_as::<_, (i64, String, i64, String, i64)>(
+        "SELECT id, item, quantity, status, confirmations FROM orders WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&pool)
+    .await;
+    match found {
+        Ok(Some((id, item, quantity, status, confirmations))) => Json(OrderView {
+            id,
+            item,
+            quantity,
+            status,
+            confirmations,
+            job: None,
+        })
+        .into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
