@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Throughput and p99 of a hello-world handler served by lastcall's server with and without the
 # DrainLayer, measured with wrk on loopback, alternating A/B in one run.
+# With PIN=1 each server runs one tokio worker on CPU 1 and wrk runs on CPU 0, so the server's
+# CPU is the bottleneck and the scheduler's placement does not swing the figures.
 #   bash bench/throughput.sh [rounds=3] [seconds=5] [connections=32]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +17,20 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-start() { # mode -> prints the address
-  "$bin" "$1" >"$tmp/$1.out" 2>"$tmp/$1.err" &
-  pids+=($!)
+server_cpu=() client_cpu=()
+if [ "${PIN:-0}" = 1 ]; then
+  command -v taskset >/dev/null || { echo "taskset is missing: apt-get install util-linux" >&2; exit 1; }
+  server_cpu=(taskset -c 1) client_cpu=(taskset -c 0)
+  export TOKIO_WORKER_THREADS=1
+fi
+
+start() { # mode -> sets pid and addr
+  "${server_cpu[@]}" "$bin" "$1" >"$tmp/$1.out" 2>"$tmp/$1.err" &
+  pid=$!
+  pids+=("$pid")
   for _ in $(seq 1 200); do
     if grep -q '^listening on ' "$tmp/$1.out"; then
-      sed -n 's/^listening on //p' "$tmp/$1.out"
+      addr=$(sed -n 's/^listening on //p' "$tmp/$1.out")
       return
     fi
     sleep 0.02
@@ -29,14 +39,22 @@ start() { # mode -> prints the address
   exit 1
 }
 
-plain=$(start plain)
-drain=$(start drain)
-echo "wrk -t1 -c$connections -d${seconds}s, $rounds rounds, alternating; plain=$plain drain=$drain"
+stop() { # pid
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# A fresh pair of processes every round, in alternating order: a process's memory layout
+# (address randomisation, code alignment) is fixed when it starts and can favour one side by
+# 10 % or more for its whole life, so only fresh processes average it out.
+echo "wrk -t1 -c$connections -d${seconds}s, $rounds rounds, fresh processes, alternating"
 for ((round = 1; round <= rounds; round++)); do
-  for mode in plain drain; do
-    addr=$plain
-    [ "$mode" = drain ] && addr=$drain
-    wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://$addr/" >"$tmp/wrk.txt"
+  order="plain drain"
+  ((round % 2)) || order="drain plain"
+  for mode in $order; do
+    start "$mode"
+    "${client_cpu[@]}" wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://$addr/" >"$tmp/wrk.txt"
+    stop "$pid"
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.txt")
     p99=$(awk '$1 == "99%" {print $2}' "$tmp/wrk.txt")
     errors=$(awk '/Socket errors|Non-2xx/ {print}' "$tmp/wrk.txt" | tr '\n' ' ')
