@@ -78,7 +78,7 @@ pub fn block_on<F: Future>(runtime: Runtime, teardown: Teardown, main: F) -> F::
         Teardown::Wait(limit) => {
             let started = Instant::now();
             runtime.shutdown_timeout(limit);
-            if started.elapsed() >= limit {
+            if !limit.is_zero() && started.elapsed() >= limit {
                 tracing::warn!(
                     target: "lastcall::runtime",
                     limit_ms = limit.as_millis() as u64,
