@@ -11,6 +11,7 @@
 #   bash bench/rolling.sh [seconds=12] [rounds=1] [target=hello|orders]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 seconds=${1:-12}
 rounds=${2:-1}
 target=${3:-hello}
@@ -98,13 +99,7 @@ CFG
   kill "$(cat "$tmp/haproxy.pid")"
   kill -TERM "${pid[a]}" "${pid[b]}" 2>/dev/null || true
   wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true
-  local total non2xx errors rps
-  total=$(awk '/requests in/ {print $1}' "$tmp/wrk.txt")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.txt")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' "$tmp/wrk.txt")
-  errors=$(awk '/Socket errors/ {print $3, $4, $5, $6, $7, $8, $9, $10}' "$tmp/wrk.txt")
-  printf '%-11s requests %s (%s/s), non-2xx %s, socket errors: %s, exit A %s, exit B %s\n' \
-    "$mode" "$total" "$rps" "${non2xx:-0}" "${errors:-none}" "${exited[a]}" "${exited[b]}"
+  wrk_line "$mode" "$tmp/wrk.txt" "${exited[a]}" "${exited[b]}"
 }
 
 for ((round = 1; round <= rounds; round++)); do

@@ -26,6 +26,7 @@
 #                                    of retried or failed requests there
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 seconds=${1:-12}
 delays=${2:-"0ms 100ms 500ms 1s"}
 next_upstream=${NEXT_UPSTREAM:-"error timeout"}
@@ -183,13 +184,7 @@ run() { # mode drain_delay label
   stop_nginx
   kill -TERM "${pid[a]}" "${pid[b]}" 2>/dev/null || true
   wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true
-  local total non2xx errors rps
-  total=$(awk '/requests in/ {print $1}' "$dir/wrk.txt")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' "$dir/wrk.txt")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' "$dir/wrk.txt")
-  errors=$(awk '/Socket errors/ {print $3, $4, $5, $6, $7, $8, $9, $10}' "$dir/wrk.txt")
-  printf '%-11s requests %s (%s/s), non-2xx %s, socket errors: %s, exit A %s, exit B %s\n' \
-    "$label" "$total" "$rps" "${non2xx:-0}" "${errors:-none}" "${exited[a]:-?}" "${exited[b]:-?}"
+  wrk_line "$label" "$dir/wrk.txt" "${exited[a]:-?}" "${exited[b]:-?}"
   # The servers never answer 5xx here: a 5xx in the log is nginx's own 502 or 504.
   local log=$dir/error.log retried failed
   retried=$(awk '$3 ~ /,/' "$dir/notable.log" 2>/dev/null | wc -l)
