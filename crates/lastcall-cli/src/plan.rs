@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use lastcall::error::Setting;
 use lastcall::{Budget, Phase};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -177,16 +178,21 @@ fn read(text: &str, args: &PlanArgs, findings: &mut Vec<Finding>) -> Result<Mani
             });
             continue;
         };
-        if key == "LASTCALL_REPORT_FILE" {
-            report_file = Some(value.to_owned());
+        // The variable names are the library's own (`Setting::env_name`).
+        let Some(setting) = Setting::ALL.into_iter().find(|s| s.env_name() == key) else {
             continue;
-        }
-        let setter: fn(Budget, Duration) -> Budget = match key {
-            "LASTCALL_BUDGET" => |b, d| Budget { total: d, ..b },
-            "LASTCALL_DRAIN_DELAY" => Budget::with_drain_delay,
-            "LASTCALL_STOP_TIMEOUT" => Budget::with_stop_accepting,
-            "LASTCALL_FLUSH_TIMEOUT" => Budget::with_flush_telemetry,
-            "LASTCALL_CLOSE_TIMEOUT" => Budget::with_close_dependencies,
+        };
+        let setter: fn(Budget, Duration) -> Budget = match setting {
+            Setting::ReportFile => {
+                report_file = Some(value.to_owned());
+                continue;
+            }
+            Setting::Budget => |b, d| Budget { total: d, ..b },
+            Setting::DrainDelay => Budget::with_drain_delay,
+            Setting::StopTimeout => Budget::with_stop_accepting,
+            Setting::FlushTimeout => Budget::with_flush_telemetry,
+            Setting::CloseTimeout => Budget::with_close_dependencies,
+            // The signals and the repeated-interrupt policy do not change the timeline.
             _ => continue,
         };
         match humantime::parse_duration(value) {
