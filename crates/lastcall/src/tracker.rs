@@ -191,7 +191,7 @@ struct Shard {
 
 struct Entry {
     kind: WorkKind,
-    label: Cow<'static, str>,
+    label: Label,
     /// Nanoseconds on the coarse monotonic clock, from [`crate::clock::now`].
     started: u64,
 }
@@ -240,11 +240,17 @@ impl Tracker {
     /// The label names the work in reports (`GET /orders/7`, `orders:job-42`). A `&'static str`
     /// costs nothing; a `String` is moved in without copying.
     pub fn track(&self, kind: WorkKind, label: impl Into<Cow<'static, str>>) -> WorkGuard {
+        self.track_label(kind, Label::from_cow(label.into()))
+    }
+
+    /// [`Tracker::track`] with a label built by the caller, such as [`Label::joined`].
+    #[inline]
+    pub(crate) fn track_label(&self, kind: WorkKind, label: Label) -> WorkGuard {
         let set = self.inner.set;
         let shard = shard_index() & (set.shards.len() - 1);
         let entry = Entry {
             kind,
-            label: label.into(),
+            label,
             started: crate::clock::now(),
         };
         let key = lock(&set.shards[shard].entries).insert(entry);
@@ -295,7 +301,7 @@ impl Tracker {
             let entries = lock(&shard.entries);
             items.extend(entries.iter().map(|(_, e)| WorkItem {
                 kind: e.kind,
-                label: e.label.to_string(),
+                label: e.label.as_str().to_owned(),
                 age: Duration::from_nanos(now.saturating_sub(e.started)),
             }));
         }
@@ -405,7 +411,7 @@ impl fmt::Debug for WorkGuard {
         let entries = lock(&self.set.shards[self.shard].entries);
         let mut d = f.debug_struct("WorkGuard");
         if let Some(e) = entries.get(self.key) {
-            d.field("kind", &e.kind).field("label", &e.label);
+            d.field("kind", &e.kind).field("label", &e.label.as_str());
         }
         d.finish()
     }
@@ -562,4 +568,102 @@ fn shard_index() -> usize {
 #[inline]
 fn lock(entries: &SpinMutex<Slab<Entry>>) -> SpinMutexGuard<'_, Slab<Entry>> {
     entries.lock()
+}
+
+/// A work item's label as the tracker stores it: a short label built from parts (a request's
+/// method and target) is kept inline, because a heap allocation and its free would cost a
+/// request more than the rest of its tracking (see `BENCHMARKS.md`).
+pub(crate) enum Label {
+    /// A `&'static str`, borrowed for free.
+    Static(&'static str),
+    /// A label given as a `String`, moved in without copying.
+    Owned(String),
+    /// A label of at most [`Label::INLINE`] bytes, copied in.
+    Inline { len: u8, bytes: [u8; Label::INLINE] },
+}
+
+impl Label {
+    /// The longest label kept inline; with the tag and the length the label is 40 bytes.
+    const INLINE: usize = 38;
+
+    fn from_cow(label: Cow<'static, str>) -> Label {
+        match label {
+            Cow::Borrowed(s) => Label::Static(s),
+            Cow::Owned(s) => Label::Owned(s),
+        }
+    }
+
+    /// `first`, a space and `second` (`GET /orders/7`), inline when short enough.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    #[inline]
+    pub(crate) fn joined(first: &str, second: &str) -> Label {
+        let len = first.len() + 1 + second.len();
+        if len <= Label::INLINE {
+            let mut bytes = [0; Label::INLINE];
+            bytes[..first.len()].copy_from_slice(first.as_bytes());
+            bytes[first.len()] = b' ';
+            bytes[first.len() + 1..len].copy_from_slice(second.as_bytes());
+            Label::Inline {
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            let mut label = String::with_capacity(len);
+            label.push_str(first);
+            label.push(' ');
+            label.push_str(second);
+            Label::Owned(label)
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Label::Static(s) => s,
+            Label::Owned(s) => s,
+            // Two `&str`s joined by a space at character boundaries: always UTF-8.
+            Label::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or("")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_labels_read_back_whole_inline_or_not() {
+        let tracker = Tracker::new();
+        // 38 bytes fit inline, 39 do not; multi-byte characters stay whole either way.
+        let inline = "/".repeat(Label::INLINE - 4);
+        let spilled = "/".repeat(Label::INLINE - 3);
+        let cases = [
+            ("GET", inline.as_str()),
+            ("GET", spilled.as_str()),
+            ("PUT", "/caf\u{e9}/\u{1f980}"),
+            ("", ""),
+        ];
+        let guards: Vec<_> = cases
+            .iter()
+            .map(|(a, b)| tracker.track_label(WorkKind::Request, Label::joined(a, b)))
+            .collect();
+        assert!(matches!(
+            Label::joined("GET", &inline),
+            Label::Inline { .. }
+        ));
+        assert!(matches!(Label::joined("GET", &spilled), Label::Owned(_)));
+        let mut labels: Vec<String> = tracker
+            .active()
+            .items
+            .into_iter()
+            .map(|i| i.label)
+            .collect();
+        labels.sort();
+        let mut expected: Vec<String> = cases.iter().map(|(a, b)| format!("{a} {b}")).collect();
+        expected.sort();
+        assert_eq!(labels, expected);
+        drop(guards);
+        assert!(tracker.is_empty());
+    }
 }

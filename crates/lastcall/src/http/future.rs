@@ -61,6 +61,7 @@ impl<F> ResponseFuture<F> {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
 {
     type Output = Result<Response<DrainBody<B>>, E>;
 
@@ -77,13 +78,15 @@ where
                     .take()
                     .expect("the guard is taken only when the future completes, and a completed future is not polled again");
                 // A stream (SSE, or an upgraded connection such as a WebSocket) is its own kind
-                // of work.
+                // of work. A body of known length is not an event stream, which spares most
+                // responses the header lookup.
                 let is_stream = parts.status == StatusCode::SWITCHING_PROTOCOLS
                     || parts.extensions.get::<super::TrackAsStream>().is_some()
-                    || parts
-                        .headers
-                        .get(CONTENT_TYPE)
-                        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                    || (body.size_hint().exact().is_none()
+                        && parts
+                            .headers
+                            .get(CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")));
                 if is_stream {
                     guard.set_kind(WorkKind::Stream);
                 }

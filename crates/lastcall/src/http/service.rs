@@ -9,7 +9,8 @@ use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::{DrainBody, DrainLayer, DrainPolicy, ResponseFuture};
-use crate::Phase;
+use crate::tracker::Label;
+use crate::{Phase, WorkKind};
 
 /// The service [`DrainLayer`] wraps around an inner service; see the layer for what it does.
 #[derive(Debug, Clone)]
@@ -78,6 +79,7 @@ impl<S> Drain<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Drain<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
 {
     type Response = Response<DrainBody<ResBody>>;
     type Error = S::Error;
@@ -87,6 +89,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline(always)]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         if let Some(response) = self.health(req.uri().path()) {
             return ResponseFuture::ready(response);
@@ -105,17 +108,13 @@ where
                 return ResponseFuture::ready(response);
             }
         }
-        // Built by hand: `format!` costs more than the rest of the layer.
-        let method = req.method().as_str();
+        // Kept inline when short: a heap label would cost more than the rest of the layer.
         let target = req
             .uri()
             .path_and_query()
             .map_or_else(|| req.uri().path(), |pq| pq.as_str());
-        let mut label = String::with_capacity(method.len() + 1 + target.len());
-        label.push_str(method);
-        label.push(' ');
-        label.push_str(target);
-        let guard = shutdown.tracker().request(label);
+        let label = Label::joined(req.method().as_str(), target);
+        let guard = shutdown.tracker().track_label(WorkKind::Request, label);
         let version = req.version();
         ResponseFuture::inner(self.inner.call(req), guard, version)
     }
