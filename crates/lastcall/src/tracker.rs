@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use slab::Slab;
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 use tokio::sync::Notify;
 
@@ -30,8 +29,9 @@ use crate::future::Idle;
 /// shards, one chosen per thread, so cores entering and leaving work at the same time do not
 /// fight over one cache line. A guard points at its shard without a reference count (shard
 /// sets are recycled, never freed, see below), and its start time is a cached clock value, so
-/// creating and dropping a guard costs two uncontended lock round-trips and no clock read
-/// (see `BENCHMARKS.md` for the figures against `tokio_util::task::TaskTracker`).
+/// creating and dropping a guard costs two uncontended lock round-trips, a slot written in
+/// place and no clock read: less than `tokio_util::task::TaskTracker`'s counter alone, which
+/// does four atomic operations (see `BENCHMARKS.md`). A guard is two words.
 ///
 /// Ages are exact to about 10 ms, which is what a shutdown report needs: a background thread
 /// named `lastcall-clock` refreshes the cached value every 10 ms while guards are being
@@ -89,8 +89,8 @@ pub struct Tracker {
 /// ```
 #[must_use = "the work is tracked only while the guard is alive"]
 pub struct WorkGuard {
-    set: &'static ShardSet,
-    shard: usize,
+    // Two words, so a guard is returned in registers rather than through memory.
+    shard: &'static Shard,
     key: usize,
 }
 
@@ -163,7 +163,7 @@ struct Inner {
 /// every core would increment.
 struct ShardSet {
     shards: Box<[Shard]>,
-    common: Common,
+    common: &'static Common,
 }
 
 /// State every shard shares; written only while someone waits for idleness.
@@ -180,13 +180,15 @@ struct Common {
 
 /// One lock-protected part of the active set. Aligned so two shards never share a cache line.
 ///
-/// A spin lock rather than `std::sync::Mutex`: the critical sections are a slab insert or
-/// remove (a few instructions, allocating only when the slab grows), each thread has its own
+/// A spin lock rather than `std::sync::Mutex`: the critical sections are a slot insert or
+/// remove (a few instructions, allocating only when the slots grow), each thread has its own
 /// shard so the lock is almost never contended, and its release is a plain store instead of a
 /// locked exchange. That is a third of a guard's cost (see `BENCHMARKS.md`).
 #[repr(align(128))]
 struct Shard {
-    entries: SpinMutex<Slab<Entry>>,
+    entries: SpinMutex<Slots>,
+    /// The set's common state, so a guard needs only its shard.
+    common: &'static Common,
 }
 
 struct Entry {
@@ -194,6 +196,90 @@ struct Entry {
     label: Label,
     /// Nanoseconds on the coarse monotonic clock, from [`crate::clock::now`].
     started: u64,
+}
+
+/// A shard's entries: a vector of slots with a free list threaded through the vacant ones,
+/// so a key stays valid until its entry is removed.
+///
+/// What the `slab` crate does, written out because the hot path needs `insert` inlined: called
+/// out of line, it reads a just-built [`Entry`] back from the caller's stack with loads wider
+/// than the stores that wrote it, which the CPU cannot forward, and that stall alone made a
+/// guard slower than `TaskTracker`'s four atomic operations (see `BENCHMARKS.md`).
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Slot>,
+    /// The first vacant slot; `slots.len()` when none is.
+    free: usize,
+    len: usize,
+}
+
+enum Slot {
+    Occupied(Entry),
+    /// Vacant; holds the next vacant slot.
+    Vacant(usize),
+}
+
+impl Slots {
+    #[inline(always)]
+    fn insert(&mut self, entry: Entry) -> usize {
+        self.len += 1;
+        let key = self.free;
+        if let Some(slot) = self.slots.get_mut(key) {
+            if let Slot::Vacant(next) = *slot {
+                self.free = next;
+                *slot = Slot::Occupied(entry);
+                return key;
+            }
+        }
+        // No vacant slot (`free` never names an occupied one): grow.
+        let key = self.slots.len();
+        self.slots.push(Slot::Occupied(entry));
+        self.free = key + 1;
+        key
+    }
+
+    #[inline(always)]
+    fn remove(&mut self, key: usize) -> Option<Entry> {
+        let slot = self.slots.get_mut(key)?;
+        if !matches!(slot, Slot::Occupied(_)) {
+            return None;
+        }
+        let Slot::Occupied(entry) = std::mem::replace(slot, Slot::Vacant(self.free)) else {
+            return None;
+        };
+        self.free = key;
+        self.len -= 1;
+        Some(entry)
+    }
+
+    fn get(&self, key: usize) -> Option<&Entry> {
+        match self.slots.get(key) {
+            Some(Slot::Occupied(entry)) => Some(entry),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut Entry> {
+        match self.slots.get_mut(key) {
+            Some(Slot::Occupied(entry)) => Some(entry),
+            _ => None,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().filter_map(|slot| match slot {
+            Slot::Occupied(entry) => Some(entry),
+            Slot::Vacant(_) => None,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Shard sets whose tracker is gone, kept for the next [`Tracker::new`].
@@ -217,17 +303,19 @@ impl Tracker {
             set.common.phase.store(0, Ordering::Release);
         }
         let set = reused.unwrap_or_else(|| {
+            let common: &'static Common = Box::leak(Box::new(Common {
+                idle: Notify::new(),
+                watchers: AtomicUsize::new(0),
+                phase: AtomicU8::new(0),
+            }));
             Box::leak(Box::new(ShardSet {
                 shards: (0..count)
                     .map(|_| Shard {
-                        entries: SpinMutex::new(Slab::new()),
+                        entries: SpinMutex::new(Slots::default()),
+                        common,
                     })
                     .collect(),
-                common: Common {
-                    idle: Notify::new(),
-                    watchers: AtomicUsize::new(0),
-                    phase: AtomicU8::new(0),
-                },
+                common,
             }))
         });
         Tracker {
@@ -246,15 +334,15 @@ impl Tracker {
     /// [`Tracker::track`] with a label built by the caller, such as [`Label::joined`].
     #[inline]
     pub(crate) fn track_label(&self, kind: WorkKind, label: Label) -> WorkGuard {
-        let set = self.inner.set;
-        let shard = shard_index() & (set.shards.len() - 1);
+        let shards = &self.inner.set.shards;
+        let shard = &shards[shard_index() & (shards.len() - 1)];
         let entry = Entry {
             kind,
             label,
             started: crate::clock::now(),
         };
-        let key = lock(&set.shards[shard].entries).insert(entry);
-        WorkGuard { set, shard, key }
+        let key = lock(&shard.entries).insert(entry);
+        WorkGuard { shard, key }
     }
 
     /// Tracks a request: shorthand for [`Tracker::track`] with [`WorkKind::Request`].
@@ -299,7 +387,7 @@ impl Tracker {
         let mut items = Vec::new();
         for shard in self.inner.set.shards.iter() {
             let entries = lock(&shard.entries);
-            items.extend(entries.iter().map(|(_, e)| WorkItem {
+            items.extend(entries.iter().map(|e| WorkItem {
                 kind: e.kind,
                 label: e.label.as_str().to_owned(),
                 age: Duration::from_nanos(now.saturating_sub(e.started)),
@@ -329,7 +417,7 @@ impl Tracker {
     pub fn wait_idle(&self) -> Idle {
         let inner = self.inner.clone();
         Idle::new(async move {
-            let common = &inner.set.common;
+            let common = inner.set.common;
             common.watchers.fetch_add(1, Ordering::SeqCst);
             let _unwatch = Unwatch(common);
             loop {
@@ -365,7 +453,7 @@ impl fmt::Debug for Tracker {
 impl WorkGuard {
     /// The kind of work this guard tracks.
     pub fn kind(&self) -> WorkKind {
-        lock(&self.set.shards[self.shard].entries)
+        lock(&self.shard.entries)
             .get(self.key)
             .map_or(WorkKind::Task, |e| e.kind)
     }
@@ -376,14 +464,14 @@ impl WorkGuard {
     /// of your own).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn phase(&self) -> crate::Phase {
-        crate::Phase::from_index(self.set.common.phase.load(Ordering::Acquire))
+        crate::Phase::from_index(self.shard.common.phase.load(Ordering::Acquire))
     }
 
     /// Changes the kind of the tracked work, keeping its label and start time: a request whose
     /// response turned out to be a stream.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn set_kind(&self, kind: WorkKind) {
-        if let Some(entry) = lock(&self.set.shards[self.shard].entries).get_mut(self.key) {
+        if let Some(entry) = lock(&self.shard.entries).get_mut(self.key) {
             entry.kind = kind;
         }
     }
@@ -393,13 +481,13 @@ impl Drop for WorkGuard {
     #[inline]
     fn drop(&mut self) {
         let (entry, now_empty) = {
-            let mut entries = lock(&self.set.shards[self.shard].entries);
-            let entry = entries.try_remove(self.key);
+            let mut entries = lock(&self.shard.entries);
+            let entry = entries.remove(self.key);
             (entry, entries.is_empty())
         };
         // The label may own a heap string: free it outside the lock.
         drop(entry);
-        let common = &self.set.common;
+        let common = self.shard.common;
         if now_empty && common.watchers.load(Ordering::SeqCst) > 0 {
             common.idle.notify_waiters();
         }
@@ -408,7 +496,7 @@ impl Drop for WorkGuard {
 
 impl fmt::Debug for WorkGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let entries = lock(&self.set.shards[self.shard].entries);
+        let entries = lock(&self.shard.entries);
         let mut d = f.debug_struct("WorkGuard");
         if let Some(e) = entries.get(self.key) {
             d.field("kind", &e.kind).field("label", &e.label.as_str());
@@ -566,7 +654,7 @@ fn shard_index() -> usize {
 
 /// Locks a shard.
 #[inline]
-fn lock(entries: &SpinMutex<Slab<Entry>>) -> SpinMutexGuard<'_, Slab<Entry>> {
+fn lock(entries: &SpinMutex<Slots>) -> SpinMutexGuard<'_, Slots> {
     entries.lock()
 }
 
@@ -631,6 +719,39 @@ impl Label {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(label: &'static str) -> Entry {
+        Entry {
+            kind: WorkKind::Task,
+            label: Label::Static(label),
+            started: 0,
+        }
+    }
+
+    #[test]
+    fn slots_reuse_vacant_keys_and_remove_each_entry_once() {
+        let mut slots = Slots::default();
+        let keys: Vec<usize> = ["a", "b", "c"].map(|l| slots.insert(entry(l))).into();
+        assert_eq!(keys, [0, 1, 2]);
+        assert_eq!(
+            slots.remove(1).map(|e| e.label.as_str().to_owned()),
+            Some("b".into())
+        );
+        assert!(slots.remove(1).is_none(), "a key is removed once");
+        assert!(slots.remove(7).is_none(), "a key never handed out");
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots.insert(entry("d")), 1, "the vacant slot is reused");
+        assert_eq!(slots.insert(entry("e")), 3, "then the slots grow");
+        let mut labels: Vec<&str> = slots.iter().map(|e| e.label.as_str()).collect();
+        labels.sort();
+        assert_eq!(labels, ["a", "c", "d", "e"]);
+        assert_eq!(slots.get(1).map(|e| e.label.as_str()), Some("d"));
+        for key in [0, 1, 2, 3] {
+            assert!(slots.remove(key).is_some());
+        }
+        assert!(slots.is_empty());
+        assert!(slots.get(0).is_none() && slots.get_mut(3).is_none());
+    }
 
     #[test]
     fn joined_labels_read_back_whole_inline_or_not() {
