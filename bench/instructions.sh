@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request, which do not swing with the machine's load the way throughput
 # does: each bench-server mode runs under valgrind's callgrind while wrk loads it on loopback
-# for a few seconds; total instructions (user space, startup included) / requests answered.
+# for a few seconds; instructions (user space, counted from the moment the server listens, so
+# startup is left out) / requests answered.
 #   bash bench/instructions.sh [seconds=6] [modes="axum plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 for mode in $modes; do
-  valgrind --tool=callgrind --callgrind-out-file="$tmp/$mode.cg" "$bin" "$mode" >"$tmp/$mode.out" 2>"$tmp/$mode.err" &
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/$mode.cg" "$bin" "$mode" >"$tmp/$mode.out" 2>"$tmp/$mode.err" &
   pid=$!
   for _ in $(seq 1 300); do
     grep -q '^listening on ' "$tmp/$mode.out" && break
@@ -26,6 +27,7 @@ for mode in $modes; do
   done
   addr=$(sed -n 's/^listening on //p' "$tmp/$mode.out")
   [ -n "$addr" ] || { echo "bench-server $mode did not start under valgrind" >&2; exit 1; }
+  callgrind_control --instr=on "$pid" >/dev/null 2>&1
   wrk -t1 -c8 -d"${seconds}s" "http://$addr/" >"$tmp/$mode.wrk"
   kill -TERM "$pid"
   wait "$pid" || true
