@@ -667,6 +667,7 @@ pub(crate) enum Label {
     /// A label given as a `String`, moved in without copying.
     Owned(String),
     /// A label of at most [`Label::INLINE`] bytes, copied in.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Inline { len: u8, bytes: [u8; Label::INLINE] },
 }
 
