@@ -754,6 +754,38 @@ mod tests {
         assert!(slots.get(0).is_none() && slots.get_mut(3).is_none());
     }
 
+    proptest::proptest! {
+        /// Any sequence of inserts and removes leaves the slots holding exactly what a map of
+        /// key to label holds, keys unique while occupied, and vacant slots are reused: the
+        /// vector never grows past the most entries held at once.
+        #[test]
+        fn slots_match_a_map_under_any_sequence(ops in proptest::collection::vec((proptest::bool::ANY, 0usize..24), 0..200)) {
+            const LABELS: [&str; 4] = ["a", "b", "c", "d"];
+            let mut slots = Slots::default();
+            let mut model = std::collections::HashMap::new();
+            let mut peak = 0;
+            for (i, (insert, n)) in ops.into_iter().enumerate() {
+                if insert {
+                    let label = LABELS[i % LABELS.len()];
+                    let key = slots.insert(entry(label));
+                    proptest::prop_assert!(model.insert(key, label).is_none(), "key {} handed out twice", key);
+                } else {
+                    let removed = slots.remove(n).map(|e| e.label.as_str().to_owned());
+                    proptest::prop_assert_eq!(removed.as_deref(), model.remove(&n));
+                }
+                proptest::prop_assert_eq!(slots.len(), model.len());
+                proptest::prop_assert_eq!(slots.is_empty(), model.is_empty());
+                peak = peak.max(model.len());
+                proptest::prop_assert!(slots.slots.len() <= peak, "{} slots for at most {} entries", slots.slots.len(), peak);
+            }
+            let mut held: Vec<&str> = slots.iter().map(|e| e.label.as_str()).collect();
+            let mut expected: Vec<&str> = model.values().copied().collect();
+            held.sort();
+            expected.sort();
+            proptest::prop_assert_eq!(held, expected);
+        }
+    }
+
     #[test]
     fn joined_labels_read_back_whole_inline_or_not() {
         let tracker = Tracker::new();
