@@ -246,7 +246,12 @@ impl Controller {
         flow.record(Phase::NotReady, t0, PhaseOutcome::Completed);
 
         let started = flow.begin(Phase::DrainDelay);
-        tokio::time::sleep_until(flow.deadline(Phase::DrainDelay, started)).await;
+        let drained = flow.deadline(Phase::DrainDelay, started);
+        // No timer for a zero drain delay: tokio rounds a deadline up to its next millisecond
+        // tick, so even an elapsed one would hold stop-accepting back by up to a millisecond.
+        if drained > started {
+            tokio::time::sleep_until(drained).await;
+        }
         flow.record(Phase::DrainDelay, started, PhaseOutcome::Completed);
 
         flow.run_phase(Phase::StopAccepting, take_steps(Phase::StopAccepting))
