@@ -44,6 +44,10 @@ use crate::flags::DemoArgs;
 /// How many orders a new database is seeded with (already confirmed).
 const SEEDED_ORDERS: i64 = 100;
 
+/// The demo's own `LASTCALL_*` variable (the database path), allowed past the controller's
+/// check for unknown names; `lastcall plan` knows it too.
+pub(crate) const DB_ENV: &str = "LASTCALL_DEMO_DB";
+
 /// The longest a confirm job may be asked to take (`?job_ms=`).
 const MAX_JOB_MS: u64 = 600_000;
 
@@ -141,7 +145,7 @@ pub(crate) fn main(args: DemoArgs) -> ExitCode {
 }
 
 async fn run(args: DemoArgs) -> ExitCode {
-    let controller = match Controller::builder().allow_env("LASTCALL_DEMO_DB").build() {
+    let controller = match Controller::builder().allow_env(DB_ENV).build() {
         Ok(controller) => controller,
         Err(err) => {
             eprintln!("lastcall demo: {err}");

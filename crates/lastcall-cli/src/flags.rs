@@ -58,6 +58,11 @@ pub(crate) struct PlanArgs {
     /// The path lastcall answers liveness on.
     #[arg(long, default_value = "/health/live")]
     pub(crate) live_path: String,
+
+    /// A `LASTCALL_*` variable the application reads itself and allows with
+    /// `Builder::allow_env` (repeatable); `lastcall demo`'s `LASTCALL_DEMO_DB` is known.
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub(crate) allow_env: Vec<String>,
 }
 
 #[derive(Debug, Args)]

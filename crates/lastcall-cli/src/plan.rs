@@ -178,8 +178,35 @@ fn read(text: &str, args: &PlanArgs, findings: &mut Vec<Finding>) -> Result<Mani
             });
             continue;
         };
+        if key == crate::demo::DB_ENV || args.allow_env.iter().any(|name| name == key) {
+            continue;
+        }
         // The variable names are the library's own (`Setting::env_name`).
-        let Some(setting) = Setting::ALL.into_iter().find(|s| s.env_name() == key) else {
+        let Some(setting) = Setting::from_env_name(key) else {
+            // The service refuses a `LASTCALL_*` name it does not know, unless the application
+            // reads it itself and declared it with `Builder::allow_env` (`--allow-env` here);
+            // a near miss of a real setting is almost surely a typo.
+            findings.push(match Setting::closest(key) {
+                Some(meant) => Finding {
+                    severity: Severity::Error,
+                    check: "env",
+                    problem: format!(
+                        "{key} is not a lastcall setting (did you mean {}?); the service would refuse to start",
+                        meant.env_name()
+                    ),
+                    fix: format!("rename it to {}", meant.env_name()),
+                },
+                None => Finding {
+                    severity: Severity::Warning,
+                    check: "env",
+                    problem: format!(
+                        "{key} is not a lastcall setting; the service refuses to start unless the application reads it itself"
+                    ),
+                    fix: format!(
+                        "remove it; or, if the application reads it, declare it with Builder::allow_env(\"{key}\") and pass --allow-env {key}"
+                    ),
+                },
+            });
             continue;
         };
         let setter: fn(Budget, Duration) -> Budget = match setting {

@@ -186,6 +186,56 @@ fn settings_the_service_would_reject_are_errors() {
 }
 
 #[test]
+fn unknown_lastcall_variables_are_flagged_as_the_service_would_refuse_them() {
+    let typo = plan(
+        "typo",
+        &shipped_with("name: LASTCALL_DRAIN_DELAY", "name: LASTCALL_DRAIN_DEALY"),
+        &[],
+    );
+    assert_eq!(typo.code, Some(1), "{}", typo.stdout);
+    assert!(
+        typo.stdout.contains("error [env] LASTCALL_DRAIN_DEALY is not a lastcall setting (did you mean LASTCALL_DRAIN_DELAY?)"),
+        "{}",
+        typo.stdout
+    );
+    assert!(
+        typo.stdout
+            .contains("fix: rename it to LASTCALL_DRAIN_DELAY"),
+        "{}",
+        typo.stdout
+    );
+
+    // A name of the application's own: a warning, which `--allow-env` answers.
+    let manifest = shipped_with(
+        "            - name: PORT\n",
+        "            - name: LASTCALL_ORDERS_REGION\n              value: eu\n            - name: PORT\n",
+    );
+    let own = plan("own", &manifest, &[]);
+    assert_eq!(own.code, Some(0), "a warning only: {}", own.stdout);
+    assert!(
+        own.stdout
+            .contains("warning [env] LASTCALL_ORDERS_REGION is not a lastcall setting"),
+        "{}",
+        own.stdout
+    );
+    assert!(
+        own.stdout.contains("--allow-env LASTCALL_ORDERS_REGION"),
+        "{}",
+        own.stdout
+    );
+    let allowed = plan(
+        "allowed",
+        &manifest,
+        &["--allow-env", "LASTCALL_ORDERS_REGION"],
+    );
+    assert!(
+        allowed.stdout.contains("0 errors, 0 warnings"),
+        "{}",
+        allowed.stdout
+    );
+}
+
+#[test]
 fn a_thin_margin_and_a_missing_report_file_are_warnings() {
     let manifest = shipped_with(
         "terminationGracePeriodSeconds: 30",

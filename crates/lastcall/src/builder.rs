@@ -10,18 +10,6 @@ use crate::error::{ConfigError, Origin, Setting};
 use crate::shutdown::Shared;
 use crate::{Budget, Controller, Signal};
 
-/// Every environment variable the builder reads.
-pub(crate) const ENV_NAMES: [&str; 8] = [
-    "LASTCALL_BUDGET",
-    "LASTCALL_DRAIN_DELAY",
-    "LASTCALL_STOP_TIMEOUT",
-    "LASTCALL_FLUSH_TIMEOUT",
-    "LASTCALL_CLOSE_TIMEOUT",
-    "LASTCALL_SIGNALS",
-    "LASTCALL_FORCE_EXIT",
-    "LASTCALL_REPORT_FILE",
-];
-
 /// `LASTCALL_*` variables that belong to lastcall's tools, not to the controller; they are
 /// neither read nor rejected.
 const TOOL_NAMES: [&str; 1] = ["LASTCALL_REQUIRE_SERVICES"];
@@ -302,12 +290,12 @@ impl Builder {
         // Sorted, so the first error reported does not depend on the environment's order.
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, value) in vars {
-            let Some(setting) = Setting::ALL.into_iter().find(|s| s.env_name() == name) else {
+            let Some(setting) = Setting::from_env_name(&name) else {
                 if TOOL_NAMES.contains(&name.as_str()) || self.allowed.contains(&name) {
                     continue;
                 }
                 return Err(ConfigError::UnknownVariable {
-                    suggestion: suggest(&name),
+                    suggestion: Setting::closest(&name).map(Setting::env_name),
                     name,
                 });
             };
@@ -410,18 +398,8 @@ fn dedup(signals: impl IntoIterator<Item = Signal>) -> Vec<Signal> {
     out
 }
 
-/// The known variable closest to `name`, if it is within three edits.
-fn suggest(name: &str) -> Option<&'static str> {
-    ENV_NAMES
-        .iter()
-        .map(|known| (edit_distance(name, known), *known))
-        .filter(|(d, _)| *d <= 3)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, known)| known)
-}
-
 /// Levenshtein distance; the names are short, so the quadratic table is fine.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -442,8 +420,11 @@ mod tests {
 
     #[test]
     fn close_typos_get_a_suggestion() {
-        assert_eq!(suggest("LASTCALL_BUDGT"), Some("LASTCALL_BUDGET"));
-        assert_eq!(suggest("LASTCALL_DRAIN"), None);
-        assert_eq!(suggest("LASTCALL_DRAINDELAY"), Some("LASTCALL_DRAIN_DELAY"));
+        assert_eq!(Setting::closest("LASTCALL_BUDGT"), Some(Setting::Budget));
+        assert_eq!(Setting::closest("LASTCALL_DRAIN"), None);
+        assert_eq!(
+            Setting::closest("LASTCALL_DRAINDELAY"),
+            Some(Setting::DrainDelay)
+        );
     }
 }

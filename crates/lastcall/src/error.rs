@@ -100,7 +100,7 @@ pub enum ConfigError {
         name: String,
     },
     /// A `LASTCALL_*` environment variable that no setting reads: most often a typo.
-    #[error("unknown variable {name}{}; the variables read are {}", suggestion.map(|s| format!(" (did you mean {s}?)")).unwrap_or_default(), crate::builder::ENV_NAMES.join(", "))]
+    #[error("unknown variable {name}{}; the variables read are {}", suggestion.map(|s| format!(" (did you mean {s}?)")).unwrap_or_default(), Setting::ALL.map(Setting::env_name).join(", "))]
     UnknownVariable {
         /// The variable's name.
         name: String,
@@ -223,6 +223,36 @@ impl Setting {
             Setting::ForceExit => "LASTCALL_FORCE_EXIT",
             Setting::ReportFile => "LASTCALL_REPORT_FILE",
         }
+    }
+
+    /// The setting an environment variable sets, if `name` is one of lastcall's.
+    ///
+    /// ```
+    /// use lastcall::error::Setting;
+    ///
+    /// assert_eq!(Setting::from_env_name("LASTCALL_BUDGET"), Some(Setting::Budget));
+    /// assert_eq!(Setting::from_env_name("LASTCALL_BUDGT"), None);
+    /// ```
+    pub fn from_env_name(name: &str) -> Option<Setting> {
+        Setting::ALL.into_iter().find(|s| s.env_name() == name)
+    }
+
+    /// The setting whose variable name is within three edits of `name`, the closest first:
+    /// what a misspelt `LASTCALL_*` variable most likely meant.
+    ///
+    /// ```
+    /// use lastcall::error::Setting;
+    ///
+    /// assert_eq!(Setting::closest("LASTCALL_BUGDET"), Some(Setting::Budget));
+    /// assert_eq!(Setting::closest("LASTCALL_DEMO_DB"), None);
+    /// ```
+    pub fn closest(name: &str) -> Option<Setting> {
+        Setting::ALL
+            .into_iter()
+            .map(|s| (crate::builder::edit_distance(name, s.env_name()), s))
+            .filter(|(d, _)| *d <= 3)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, s)| s)
     }
 
     /// The [`Builder`](crate::Builder) method that sets it.
