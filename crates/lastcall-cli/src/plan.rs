@@ -178,7 +178,11 @@ fn read(text: &str, args: &PlanArgs, findings: &mut Vec<Finding>) -> Result<Mani
             });
             continue;
         };
-        if key == crate::demo::DB_ENV || args.allow_env.iter().any(|name| name == key) {
+        // Names the service accepts without reading them as settings.
+        if key == crate::demo::DB_ENV
+            || Setting::TOOL_VARIABLES.contains(&key)
+            || args.allow_env.iter().any(|name| name == key)
+        {
             continue;
         }
         // The variable names are the library's own (`Setting::env_name`).

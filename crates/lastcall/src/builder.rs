@@ -10,10 +10,6 @@ use crate::error::{ConfigError, Origin, Setting};
 use crate::shutdown::Shared;
 use crate::{Budget, Controller, Signal};
 
-/// `LASTCALL_*` variables that belong to lastcall's tools, not to the controller; they are
-/// neither read nor rejected.
-const TOOL_NAMES: [&str; 1] = ["LASTCALL_REQUIRE_SERVICES"];
-
 /// Builds a [`Controller`]: settings from code, then `LASTCALL_*` environment variables over
 /// them, all checked in [`Builder::build`].
 ///
@@ -291,7 +287,8 @@ impl Builder {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, value) in vars {
             let Some(setting) = Setting::from_env_name(&name) else {
-                if TOOL_NAMES.contains(&name.as_str()) || self.allowed.contains(&name) {
+                if Setting::TOOL_VARIABLES.contains(&name.as_str()) || self.allowed.contains(&name)
+                {
                     continue;
                 }
                 return Err(ConfigError::UnknownVariable {

@@ -225,6 +225,10 @@ impl Setting {
         }
     }
 
+    /// `LASTCALL_*` variables that belong to lastcall's own tools (its test suite), not to the
+    /// controller: the builder neither reads nor rejects them.
+    pub const TOOL_VARIABLES: [&'static str; 1] = ["LASTCALL_REQUIRE_SERVICES"];
+
     /// The setting an environment variable sets, if `name` is one of lastcall's.
     ///
     /// ```
