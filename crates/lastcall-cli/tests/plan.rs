@@ -28,6 +28,12 @@ fn plan(name: &str, manifest: &str, args: &[&str]) -> Plan {
     }
 }
 
+/// Asserts that `out` contains `needle`, printing all of `out` when it does not.
+#[track_caller]
+fn assert_says(out: &str, needle: &str) {
+    assert!(out.contains(needle), "{needle:?} is not in:\n{out}");
+}
+
 /// The shipped manifest with `from` replaced by `to` (which must occur).
 fn shipped_with(from: &str, to: &str) -> String {
     assert!(
@@ -50,7 +56,7 @@ fn the_shipped_manifest_passes_and_its_timeline_is_printed() {
         "    30s  SIGKILL (terminationGracePeriodSeconds 30; margin 5s)",
         "no findings",
     ] {
-        assert!(plan.stdout.contains(line), "{line:?} in:\n{}", plan.stdout);
+        assert_says(&plan.stdout, line);
     }
 }
 
@@ -62,12 +68,10 @@ fn a_budget_longer_than_the_grace_period_is_an_error_with_both_fixes() {
     );
     let plan = plan("grace", &manifest, &[]);
     assert_eq!(plan.code, Some(1), "{}", plan.stdout);
-    assert!(plan.stdout.contains("error [grace_period] preStop 0s + LASTCALL_BUDGET 25s = 25s is longer than terminationGracePeriodSeconds 20"), "{}", plan.stdout);
-    assert!(
-        plan.stdout
-            .contains("fix: set terminationGracePeriodSeconds: 27, or LASTCALL_BUDGET=18s"),
-        "{}",
-        plan.stdout
+    assert_says(&plan.stdout, "error [grace_period] preStop 0s + LASTCALL_BUDGET 25s = 25s is longer than terminationGracePeriodSeconds 20");
+    assert_says(
+        &plan.stdout,
+        "fix: set terminationGracePeriodSeconds: 27, or LASTCALL_BUDGET=18s",
     );
     // The timeline shows SIGKILL landing before the budget's end.
     let kill = plan.stdout.find("SIGKILL").unwrap();
@@ -83,23 +87,10 @@ fn a_pre_stop_sleep_counts_against_the_grace_period() {
     );
     let plan = plan("prestop", &manifest, &[]);
     assert_eq!(plan.code, Some(1), "{}", plan.stdout);
-    assert!(
-        plan.stdout.contains("preStop hook runs (10s)"),
-        "{}",
-        plan.stdout
-    );
-    assert!(plan.stdout.contains("    10s  SIGTERM"), "{}", plan.stdout);
-    assert!(
-        plan.stdout
-            .contains("preStop 10s + LASTCALL_BUDGET 25s = 35s"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout.contains("LASTCALL_BUDGET=18s"),
-        "{}",
-        plan.stdout
-    );
+    assert_says(&plan.stdout, "preStop hook runs (10s)");
+    assert_says(&plan.stdout, "    10s  SIGTERM");
+    assert_says(&plan.stdout, "preStop 10s + LASTCALL_BUDGET 25s = 35s");
+    assert_says(&plan.stdout, "LASTCALL_BUDGET=18s");
 }
 
 #[test]
@@ -110,23 +101,12 @@ fn a_drain_delay_shorter_than_the_probes_detection_is_an_error() {
     );
     let plan = plan("drain", &manifest, &[]);
     assert_eq!(plan.code, Some(1), "{}", plan.stdout);
-    assert!(
-        plan.stdout.contains("error [drain_delay]"),
-        "{}",
-        plan.stdout
+    assert_says(&plan.stdout, "error [drain_delay]");
+    assert_says(
+        &plan.stdout,
+        "periodSeconds 10 x failureThreshold 3 = 30s plus 3s of endpoint propagation = 33s",
     );
-    assert!(
-        plan.stdout.contains(
-            "periodSeconds 10 x failureThreshold 3 = 30s plus 3s of endpoint propagation = 33s"
-        ),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout.contains("fix: set LASTCALL_DRAIN_DELAY=33s"),
-        "{}",
-        plan.stdout
-    );
+    assert_says(&plan.stdout, "fix: set LASTCALL_DRAIN_DELAY=33s");
 }
 
 #[test]
@@ -134,30 +114,21 @@ fn probes_on_the_wrong_paths_are_errors() {
     let manifest = shipped_with("path: /health/live", "path: /health/ready");
     let plan_live = plan("liveness", &manifest, &[]);
     assert_eq!(plan_live.code, Some(1), "{}", plan_live.stdout);
-    assert!(
-        plan_live
-            .stdout
-            .contains("error [liveness_probe] livenessProbe checks /health/ready"),
-        "{}",
-        plan_live.stdout
+    assert_says(
+        &plan_live.stdout,
+        "error [liveness_probe] livenessProbe checks /health/ready",
     );
-    assert!(
-        plan_live
-            .stdout
-            .contains("fix: set livenessProbe.httpGet.path: /health/live"),
-        "{}",
-        plan_live.stdout
+    assert_says(
+        &plan_live.stdout,
+        "fix: set livenessProbe.httpGet.path: /health/live",
     );
 
     let manifest = shipped_with("path: /health/ready", "path: /healthz");
     let plan_ready = plan("readiness", &manifest, &[]);
     assert_eq!(plan_ready.code, Some(1), "{}", plan_ready.stdout);
-    assert!(
-        plan_ready
-            .stdout
-            .contains("fix: set readinessProbe.httpGet.path: /health/ready"),
-        "{}",
-        plan_ready.stdout
+    assert_says(
+        &plan_ready.stdout,
+        "fix: set readinessProbe.httpGet.path: /health/ready",
     );
 }
 
@@ -166,22 +137,17 @@ fn settings_the_service_would_reject_are_errors() {
     let manifest = shipped_with("value: \"25s\"", "value: \"soon\"");
     let bad = plan("duration", &manifest, &[]);
     assert_eq!(bad.code, Some(1), "{}", bad.stdout);
-    assert!(
-        bad.stdout
-            .contains("error [env] LASTCALL_BUDGET=\"soon\" is not a duration"),
-        "{}",
-        bad.stdout
+    assert_says(
+        &bad.stdout,
+        "error [env] LASTCALL_BUDGET=\"soon\" is not a duration",
     );
 
     let manifest = shipped_with("value: \"25s\"", "value: \"8s\"");
     let small = plan("reserves", &manifest, &[]);
     assert_eq!(small.code, Some(1), "{}", small.stdout);
-    assert!(
-        small
-            .stdout
-            .contains("error [budget] the service would refuse to start"),
-        "{}",
-        small.stdout
+    assert_says(
+        &small.stdout,
+        "error [budget] the service would refuse to start",
     );
 }
 
@@ -193,17 +159,8 @@ fn unknown_lastcall_variables_are_flagged_as_the_service_would_refuse_them() {
         &[],
     );
     assert_eq!(typo.code, Some(1), "{}", typo.stdout);
-    assert!(
-        typo.stdout.contains("error [env] LASTCALL_DRAIN_DEALY is not a lastcall setting (did you mean LASTCALL_DRAIN_DELAY?)"),
-        "{}",
-        typo.stdout
-    );
-    assert!(
-        typo.stdout
-            .contains("fix: rename it to LASTCALL_DRAIN_DELAY"),
-        "{}",
-        typo.stdout
-    );
+    assert_says(&typo.stdout, "error [env] LASTCALL_DRAIN_DEALY is not a lastcall setting (did you mean LASTCALL_DRAIN_DELAY?)");
+    assert_says(&typo.stdout, "fix: rename it to LASTCALL_DRAIN_DELAY");
 
     // A name of the application's own: a warning, which `--allow-env` answers.
     let manifest = shipped_with(
@@ -212,27 +169,17 @@ fn unknown_lastcall_variables_are_flagged_as_the_service_would_refuse_them() {
     );
     let own = plan("own", &manifest, &[]);
     assert_eq!(own.code, Some(0), "a warning only: {}", own.stdout);
-    assert!(
-        own.stdout
-            .contains("warning [env] LASTCALL_ORDERS_REGION is not a lastcall setting"),
-        "{}",
-        own.stdout
+    assert_says(
+        &own.stdout,
+        "warning [env] LASTCALL_ORDERS_REGION is not a lastcall setting",
     );
-    assert!(
-        own.stdout.contains("--allow-env LASTCALL_ORDERS_REGION"),
-        "{}",
-        own.stdout
-    );
+    assert_says(&own.stdout, "--allow-env LASTCALL_ORDERS_REGION");
     let allowed = plan(
         "allowed",
         &manifest,
         &["--allow-env", "LASTCALL_ORDERS_REGION"],
     );
-    assert!(
-        allowed.stdout.contains("0 errors, 0 warnings"),
-        "{}",
-        allowed.stdout
-    );
+    assert_says(&allowed.stdout, "0 errors, 0 warnings");
 }
 
 #[test]
@@ -248,22 +195,12 @@ fn a_thin_margin_and_a_missing_report_file_are_warnings() {
     );
     let plan = plan("warnings", &manifest, &[]);
     assert_eq!(plan.code, Some(0), "warnings only: {}", plan.stdout);
-    assert!(
-        plan.stdout
-            .contains("warning [grace_period] only 1s between the end of the budget and SIGKILL"),
-        "{}",
-        plan.stdout
+    assert_says(
+        &plan.stdout,
+        "warning [grace_period] only 1s between the end of the budget and SIGKILL",
     );
-    assert!(
-        plan.stdout.contains("warning [report_file]"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout.contains("0 errors, 2 warnings"),
-        "{}",
-        plan.stdout
-    );
+    assert_says(&plan.stdout, "warning [report_file]");
+    assert_says(&plan.stdout, "0 errors, 2 warnings");
 }
 
 #[test]
