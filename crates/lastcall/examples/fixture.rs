@@ -6,14 +6,17 @@
 //! - `stop-hook`: a stop-accepting step that prints `hook stop_accepting ran`;
 //! - `close-hang`: a close step `broker` that never finishes (500 ms timeout), then `database`;
 //! - `close-fail`, `close-panic`: a close step that returns an error, or panics;
-//! - `block`: in stop-accepting, a task blocks the (single-threaded) runtime for ten minutes;
+//! - `block`: in stop-accepting, a task blocks the runtime's thread for ten minutes (the whole
+//!   runtime when it has one thread: the default, or `FIXTURE_WORKERS=1`);
 //! - `fatal-after=MS`: the service calls `Trigger::fatal` after MS milliseconds;
 //! - `systemd`: reports to systemd over `NOTIFY_SOCKET` (`lastcall::systemd::notify`).
+//! - `ages`: prints the age of a guard taken 300 ms after another (`age of a new guard: N ms`);
 //! - `blocking-leftover`: an untracked `spawn_blocking` task that sleeps for ten minutes;
 //!   the runtime ends through `lastcall::runtime::block_on`, so it cannot hold the exit.
 //!
 //! It prints `ready` once the controller is built, `phase NAME` as phases begin, and
-//! `report: {json}` at the end; logs go to stderr.
+//! `report: {json}` at the end, after `threads: NAMES`, the names of the process's threads
+//! then (Linux); logs go to stderr. `FIXTURE_WORKERS=N` runs it on a multi-thread runtime.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -23,10 +26,28 @@ use lastcall::runtime::Teardown;
 use lastcall::{Controller, Phase};
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // `FIXTURE_WORKERS=N` runs a multi-thread runtime with N workers, on which
+    // `lastcall::runtime::block_on` hosts the clock and the watchdog on the main thread.
+    let workers = match std::env::var("FIXTURE_WORKERS") {
+        Err(_) => None,
+        Ok(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!("fixture: FIXTURE_WORKERS={n:?}; use a number of worker threads, like 2");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let built = match workers {
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("fixture: cannot start the runtime: {err}");
@@ -55,7 +76,8 @@ async fn service() -> ExitCode {
     };
     let shutdown = controller.shutdown();
 
-    for (i, arg) in std::env::args().skip(1).enumerate() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for (i, arg) in args.iter().enumerate() {
         let (name, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
         match name {
             "work" => {
@@ -105,6 +127,22 @@ async fn service() -> ExitCode {
                     std::thread::sleep(Duration::from_secs(600));
                 });
             }
+            "ages" => {
+                // A guard taken 300 ms after the first one: with the cached clock kept fresh
+                // (by the main thread or the clock thread), it is young.
+                let tracker = shutdown.tracker();
+                let first = tracker.job("ages-first");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let second = tracker.job("ages-second");
+                let age = tracker
+                    .active()
+                    .items
+                    .iter()
+                    .find(|item| item.label == "ages-second")
+                    .map_or(u128::MAX, |item| item.age.as_millis());
+                println!("age of a new guard: {age} ms");
+                drop((first, second));
+            }
             "blocking-leftover" => {
                 // An untracked blocking task that never returns (a read on a stuck pipe):
                 // dropping the runtime would wait for it forever.
@@ -141,6 +179,20 @@ async fn service() -> ExitCode {
 
     println!("ready");
     let report = controller.run_with_report().await;
+    println!("threads: {}", thread_names().join(" "));
     println!("report: {}", report.to_json());
     report.exit_code()
+}
+
+/// The names of this process's threads, from `/proc/self/task` (empty elsewhere).
+fn thread_names() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    names.sort();
+    names
 }

@@ -4,7 +4,8 @@
 //! bookkeeping together), so guards read a cached value instead. One background thread,
 //! `lastcall-clock`, refreshes it every [`TICK`] while guards are being created, and parks
 //! itself after [`IDLE_AFTER`] without demand; the first guard after that refreshes the value
-//! itself and wakes the thread. A cached time is at most one tick old, so work ages are exact
+//! itself and wakes the thread. Under [`runtime::block_on`](crate::runtime::block_on) the main
+//! thread ticks instead, and no thread is started (the `host` module). A cached time is at most one tick old, so work ages are exact
 //! to about 10 ms.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,10 +14,10 @@ use std::thread::Thread;
 use std::time::Duration;
 
 /// How often the cached value is refreshed while in demand.
-const TICK: Duration = Duration::from_millis(10);
+pub(crate) const TICK: Duration = Duration::from_millis(10);
 
-/// How long the thread keeps ticking after it was last woken.
-const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How long the ticker keeps ticking after it was last woken.
+pub(crate) const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The cached time and whether the thread is keeping it fresh, on one cache line that the
 /// hot path only reads.
@@ -48,6 +49,10 @@ fn wake() -> u64 {
     let fresh = read();
     CACHED.nanos.fetch_max(fresh, Ordering::Relaxed);
     if !CACHED.ticking.swap(true, Ordering::AcqRel) {
+        // Under `runtime::block_on` the main thread ticks (the `host` module).
+        if crate::host::current().is_some_and(|host| host.tick()) {
+            return fresh;
+        }
         let ticker = TICKER.get_or_init(|| {
             std::thread::Builder::new()
                 .name("lastcall-clock".into())
@@ -64,16 +69,27 @@ fn wake() -> u64 {
     fresh
 }
 
+/// Refreshes the cached value: one tick.
+pub(crate) fn refresh() {
+    CACHED.nanos.fetch_max(read(), Ordering::Relaxed);
+}
+
+/// Ends a run of ticks: the next caller of [`now`] reads the clock itself and asks for ticks
+/// again.
+pub(crate) fn stop_ticking() {
+    CACHED.ticking.store(false, Ordering::Release);
+}
+
 fn tick() {
     loop {
         let ticks = (IDLE_AFTER.as_nanos() / TICK.as_nanos()) as usize;
         for _ in 0..ticks {
             std::thread::sleep(TICK);
-            CACHED.nanos.fetch_max(read(), Ordering::Relaxed);
+            refresh();
         }
         // Stop; the next caller of `now` finds `ticking` false, refreshes the value itself and
         // unparks this thread. An unpark that lands before `park` is not lost.
-        CACHED.ticking.store(false, Ordering::Release);
+        stop_ticking();
         std::thread::park();
     }
 }

@@ -15,8 +15,8 @@
 //!   from code.
 //! - [`Tracker`] counts in-flight work through [`WorkGuard`]s; waiting for it is event-driven.
 //! - [`Health`] is the readiness/liveness state the HTTP layer serves.
-//! - [`Budget`] splits one deadline into per-phase windows ([`Plan`]); a watchdog thread
-//!   enforces the end of it even when the async runtime is blocked.
+//! - [`Budget`] splits one deadline into per-phase windows ([`Plan`]); a watchdog enforces
+//!   the end of it even when the async runtime is blocked.
 //! - [`Report`] and [`Exit`] say how it went.
 //!
 //! # Examples
@@ -56,6 +56,7 @@ mod clock;
 mod controller;
 mod exit;
 mod health;
+mod host;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod phase;

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Runtime;
+use tokio::runtime::{Runtime, RuntimeFlavor};
 
 /// How the runtime ends after `main`'s future has returned. See [`block_on`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,12 @@ impl Default for Teardown {
 
 /// Runs `main` to completion on `runtime`, then ends the runtime under `teardown`: the
 /// replacement for `#[tokio::main]` whose end is bounded.
+///
+/// On a multi-thread runtime `main` runs as a task, and the calling thread, idle otherwise,
+/// keeps lastcall's coarse clock fresh and enforces the shutdown's hard deadline (the watchdog)
+/// while it waits: no thread of lastcall's own is alive when the process exits, which makes
+/// the exit faster (see `BENCHMARKS.md`). A panic in `main` is resumed on the calling thread.
+/// A current-thread runtime runs `main` on the calling thread, as its `block_on` does.
 ///
 /// # Examples
 ///
@@ -72,8 +78,16 @@ impl Default for Teardown {
 ///     })
 /// }
 /// ```
-pub fn block_on<F: Future>(runtime: Runtime, teardown: Teardown, main: F) -> F::Output {
-    let output = runtime.block_on(main);
+pub fn block_on<F>(runtime: Runtime, teardown: Teardown, main: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let output = match runtime.handle().runtime_flavor() {
+        RuntimeFlavor::MultiThread => crate::host::run(&runtime, main),
+        // A current-thread runtime runs its tasks only inside `block_on`.
+        _ => runtime.block_on(main),
+    };
     match teardown {
         Teardown::Wait(limit) => {
             let started = Instant::now();

@@ -279,7 +279,7 @@ impl Shared {
             at_std: std::time::Instant::now(),
         };
         if self.watchdog {
-            fired.watchdog = Watchdog::arm(self.clone(), first.at_std + self.plan.budget().total);
+            fired.watchdog = Watchdog::arm(self, first.at_std + self.plan.budget().total);
         }
         tracing::info!(
             cause = %first.cause,

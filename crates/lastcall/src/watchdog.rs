@@ -1,8 +1,7 @@
-//! The hard deadline, enforced from a dedicated OS thread: see [`Watchdog`].
+//! The hard deadline, enforced outside the async runtime: see [`Watchdog`].
 
 use std::io::Write;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use crate::shutdown::Shared;
@@ -11,37 +10,107 @@ use crate::Exit;
 /// How many active items the last words list.
 const LISTED: usize = 20;
 
-/// A thread that ends the process at the hard deadline unless disarmed first.
+/// Ends the process at the hard deadline unless disarmed first.
 ///
-/// It runs on its own OS thread, not on the async runtime, so a runtime blocked by a handler
-/// calling `std::thread::sleep` (or spinning, or stuck in a blocking call) is still ended on
-/// time. Before exiting it writes what was still active to stderr, so the forced exit is never
-/// silent. Dropping the `Watchdog` disarms it.
+/// It waits outside the async runtime, so a runtime blocked by a handler calling
+/// `std::thread::sleep` (or spinning, or stuck in a blocking call) is still ended on time: on
+/// the main thread when [`runtime::block_on`](crate::runtime::block_on) hosts it (see the
+/// `host` module), else on a thread of its own. Before exiting it writes what was still active
+/// to stderr, so the forced exit is never silent. Dropping the `Watchdog` disarms it.
 pub(crate) struct Watchdog {
-    /// Dropping the sender disconnects the channel, which wakes and ends the thread.
-    _disarm: mpsc::Sender<()>,
+    arm: Arc<Arm>,
 }
 
 impl Watchdog {
-    /// Starts the watchdog thread for `deadline`. Returns `None` (and logs) if the operating
-    /// system refuses a thread, in which case the budget is enforced by the async flow alone.
-    pub(crate) fn arm(shared: Arc<Shared>, deadline: Instant) -> Option<Watchdog> {
-        let (tx, rx) = mpsc::channel::<()>();
-        let spawned = std::thread::Builder::new()
-            .name("lastcall-watchdog".into())
-            .spawn(move || {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
-                    hard_exit(&shared);
-                }
-            });
-        match spawned {
-            Ok(_) => Some(Watchdog { _disarm: tx }),
+    /// Arms the watchdog for `deadline`. Returns `None` (and logs) if neither the host nor a
+    /// thread can watch, in which case the budget is enforced by the async flow alone.
+    pub(crate) fn arm(shared: &Arc<Shared>, deadline: Instant) -> Option<Watchdog> {
+        let arm = Arc::new(Arm {
+            deadline,
+            shared: Arc::downgrade(shared),
+            disarmed: Mutex::new(false),
+            woken: Condvar::new(),
+        });
+        if crate::host::current().is_some_and(|host| host.watch(&arm)) {
+            return Some(Watchdog { arm });
+        }
+        match arm.clone().spawn() {
+            Ok(()) => Some(Watchdog { arm }),
             Err(error) => {
                 tracing::error!(%error, "cannot start the watchdog thread; the hard deadline is not enforced");
                 None
             }
         }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.arm.disarm();
+    }
+}
+
+/// One armed deadline, watched by the host or by a thread of its own.
+pub(crate) struct Arm {
+    deadline: Instant,
+    /// Weak: a process that goes on after its shutdown keeps nothing alive through this.
+    shared: Weak<Shared>,
+    disarmed: Mutex<bool>,
+    /// Wakes a watching thread when disarmed.
+    woken: Condvar,
+}
+
+impl Arm {
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub(crate) fn is_disarmed(&self) -> bool {
+        *self.lock()
+    }
+
+    /// Ends the process: the deadline has passed.
+    pub(crate) fn fire(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            hard_exit(&shared);
+        }
+    }
+
+    fn disarm(&self) {
+        *self.lock() = true;
+        self.woken.notify_all();
+    }
+
+    /// Watches on a thread of its own, `lastcall-watchdog`, which ends when disarmed.
+    pub(crate) fn spawn(self: Arc<Arm>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("lastcall-watchdog".into())
+            .spawn(move || self.watch())
+            .map(drop)
+    }
+
+    fn watch(&self) {
+        let mut disarmed = self.lock();
+        loop {
+            if *disarmed {
+                return;
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(disarmed);
+                self.fire();
+                return;
+            }
+            disarmed = self
+                .woken
+                .wait_timeout(disarmed, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.disarmed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -360,20 +360,36 @@ fn failing_and_panicking_close_steps_give_the_cleanup_failed_code() {
 
 #[test]
 fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
+    // A current-thread runtime: the watchdog is a thread of its own.
+    blocked_runtime_is_ended_at_the_deadline(None);
+}
+
+#[test]
+fn a_blocked_multi_thread_runtime_is_ended_by_the_main_thread_at_the_hard_deadline() {
+    // One worker, blocked: `runtime::block_on` runs `main` as a task and the main thread
+    // enforces the deadline.
+    blocked_runtime_is_ended_at_the_deadline(Some("1"));
+}
+
+fn blocked_runtime_is_ended_at_the_deadline(workers: Option<&str>) {
     let budget = Duration::from_secs(1);
-    let report_file =
-        std::env::temp_dir().join(format!("lastcall-watchdog-{}.txt", std::process::id()));
+    let report_file = std::env::temp_dir().join(format!(
+        "lastcall-watchdog-{}-{}.txt",
+        std::process::id(),
+        workers.unwrap_or("current")
+    ));
     let report_path = report_file.display().to_string();
-    let fixture = Fixture::ready(
-        &["block"],
-        &[
-            ("LASTCALL_BUDGET", "1s"),
-            ("LASTCALL_STOP_TIMEOUT", "100ms"),
-            ("LASTCALL_FLUSH_TIMEOUT", "100ms"),
-            ("LASTCALL_CLOSE_TIMEOUT", "200ms"),
-            ("LASTCALL_REPORT_FILE", &report_path),
-        ],
-    );
+    let mut env = vec![
+        ("LASTCALL_BUDGET", "1s"),
+        ("LASTCALL_STOP_TIMEOUT", "100ms"),
+        ("LASTCALL_FLUSH_TIMEOUT", "100ms"),
+        ("LASTCALL_CLOSE_TIMEOUT", "200ms"),
+        ("LASTCALL_REPORT_FILE", &report_path),
+    ];
+    if let Some(workers) = workers {
+        env.push(("FIXTURE_WORKERS", workers));
+    }
+    let fixture = Fixture::ready(&["block"], &env);
     let signalled = Instant::now();
     fixture.signal(NixSignal::SIGTERM);
     let ended = fixture.wait();
@@ -408,6 +424,63 @@ fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
     let written = std::fs::read_to_string(&report_file).unwrap();
     let _ = std::fs::remove_file(&report_file);
     assert!(written.contains("the 1000ms budget ran out"), "{written}");
+}
+
+/// The threads the fixture had when its flow finished, from its `threads:` line.
+fn threads_at_exit(ended: &Ended) -> Vec<String> {
+    ended
+        .stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("threads: "))
+        .unwrap_or_else(|| panic!("no threads line; stdout: {:?}", ended.stdout))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The fixture's `ages` line says a guard taken 300 ms after another is young: the cached
+/// clock was refreshed in between (a stale one would make it about 300 ms old).
+fn assert_fresh_clock(ended: &Ended) {
+    let age: u128 = ended
+        .stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("age of a new guard: "))
+        .and_then(|rest| rest.strip_suffix(" ms"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no ages line; stdout: {:?}", ended.stdout));
+    assert!(age < 150, "a new guard is {age} ms old");
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn under_runtime_block_on_no_lastcall_thread_is_left_for_the_exit_to_end() {
+    // Every thread alive at exit lengthens it. Guards (which read the cached clock) and a
+    // shutdown (which arms the watchdog) would each start a thread; on a multi-thread runtime
+    // `block_on` hosts both on the main thread instead, and the clock stays fresh.
+    let fixture = Fixture::ready(&["ages"], &[("FIXTURE_WORKERS", "2")]);
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    assert_fresh_clock(&ended);
+    let threads = threads_at_exit(&ended);
+    assert_eq!(
+        threads.iter().filter(|t| *t == "tokio-rt-worker").count(),
+        2,
+        "{threads:?}"
+    );
+    assert!(
+        !threads.iter().any(|t| t.starts_with("lastcall-")),
+        "{threads:?}"
+    );
+
+    // The same service on a current-thread runtime has its own clock thread.
+    let fixture = Fixture::ready(&["ages"], &[]);
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    assert_fresh_clock(&ended);
+    let threads = threads_at_exit(&ended);
+    assert!(threads.iter().any(|t| t == "lastcall-clock"), "{threads:?}");
 }
 
 #[test]

@@ -17,6 +17,8 @@ mod http;
 mod grpc;
 // The OpenTelemetry flush step, with the OTLP/HTTP exporter and an in-test receiver.
 mod otel;
+// `runtime::block_on`: output and panics on both runtime flavours.
+mod runtime;
 // The work tracker: guards, snapshots, event-driven idleness.
 mod tracker;
 // Workers on SQLite, PostgreSQL and NATS JetStream; the scheduler.
