@@ -58,12 +58,13 @@ fn main() -> ExitCode {
         return runtime.block_on(run(mode));
     }
     // lastcall's servers end the runtime through lastcall::runtime::block_on, bounded by
-    // default, or detached with BENCH_TEARDOWN=detach.
+    // default, always joined with BENCH_TEARDOWN=join, or detached with BENCH_TEARDOWN=detach.
     let teardown = match std::env::var("BENCH_TEARDOWN").as_deref() {
         Ok("detach") => Teardown::Detach,
+        Ok("join") => Teardown::Join(Duration::from_millis(500)),
         Ok("wait") | Err(_) => Teardown::default(),
         Ok(other) => {
-            eprintln!("bench-server: BENCH_TEARDOWN={other:?}; use wait or detach");
+            eprintln!("bench-server: BENCH_TEARDOWN={other:?}; use wait, join or detach");
             return ExitCode::from(2);
         }
     };

@@ -11,6 +11,8 @@
 //! - `fatal-after=MS`: the service calls `Trigger::fatal` after MS milliseconds;
 //! - `systemd`: reports to systemd over `NOTIFY_SOCKET` (`lastcall::systemd::notify`).
 //! - `ages`: prints the age of a guard taken 300 ms after another (`age of a new guard: N ms`);
+//! - `untracked-task`: a task that never ends, holding a value that prints `untracked task
+//!   dropped` when dropped;
 //! - `blocking-leftover`: an untracked `spawn_blocking` task that sleeps for ten minutes;
 //!   the runtime ends through `lastcall::runtime::block_on`, so it cannot hold the exit.
 //!
@@ -142,6 +144,21 @@ async fn service() -> ExitCode {
                     .map_or(u128::MAX, |item| item.age.as_millis());
                 println!("age of a new guard: {age} ms");
                 drop((first, second));
+            }
+            "untracked-task" => {
+                // A task nobody tracks or joins, alive when `main` returns: the teardown drops
+                // it, and its destructor says so.
+                struct SaysWhenDropped;
+                impl Drop for SaysWhenDropped {
+                    fn drop(&mut self) {
+                        println!("untracked task dropped");
+                    }
+                }
+                let held = SaysWhenDropped;
+                tokio::spawn(async move {
+                    let _held = held;
+                    std::future::pending::<()>().await;
+                });
             }
             "blocking-leftover" => {
                 // An untracked blocking task that never returns (a read on a stuck pipe):

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
@@ -77,7 +76,7 @@ pub struct Controller {
     shared: Arc<Shared>,
     steps: Mutex<Vec<Step>>,
     manual_readiness: bool,
-    listeners: Vec<JoinHandle<()>>,
+    listeners: Vec<crate::signal::Listener>,
 }
 
 impl Controller {
@@ -97,7 +96,7 @@ impl Controller {
 
     pub(crate) fn new(
         shared: Arc<Shared>,
-        listeners: Vec<JoinHandle<()>>,
+        listeners: Vec<crate::signal::Listener>,
         manual_readiness: bool,
     ) -> Controller {
         Controller {
@@ -335,7 +334,7 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         for listener in &self.listeners {
-            listener.abort();
+            listener.stop();
         }
     }
 }

@@ -97,7 +97,28 @@ impl FromStr for Signal {
     }
 }
 
-/// Installs one listener per signal and calls `on_signal` for every delivery.
+/// One installed listener: a task, or a signal stream the host polls on the main thread (see
+/// the `host` module).
+pub(crate) enum Listener {
+    Task(tokio::task::JoinHandle<()>),
+    #[cfg(unix)]
+    Hosted(std::sync::Arc<crate::host::Host>, u64),
+}
+
+impl Listener {
+    /// Stops listening.
+    pub(crate) fn stop(&self) {
+        match self {
+            Listener::Task(task) => task.abort(),
+            #[cfg(unix)]
+            Listener::Hosted(host, id) => host.unlisten(*id),
+        }
+    }
+}
+
+/// Installs one listener per signal and calls `on_signal` for every delivery: polled by the
+/// host when one runs (no task of lastcall's is then left on the runtime for its teardown),
+/// else a task each. The controller's drop stops them.
 ///
 /// Registration happens here, synchronously, so a signal that arrives between building the
 /// controller and running it is not lost.
@@ -105,7 +126,7 @@ impl FromStr for Signal {
 pub(crate) fn listen(
     signals: &[Signal],
     on_signal: std::sync::Arc<dyn Fn(Signal) + Send + Sync>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, (Signal, std::io::Error)> {
+) -> Result<Vec<Listener>, (Signal, std::io::Error)> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let mut streams = Vec::with_capacity(signals.len());
@@ -118,15 +139,23 @@ pub(crate) fn listen(
         };
         streams.push((sig, signal(kind).map_err(|e| (sig, e))?));
     }
+    let host = crate::host::current();
     Ok(streams
         .into_iter()
-        .map(|(sig, mut stream)| {
+        .map(|(sig, stream)| {
+            let mut stream = match &host {
+                Some(host) => match host.listen(sig, stream, on_signal.clone()) {
+                    Ok(id) => return Listener::Hosted(host.clone(), id),
+                    Err(stream) => stream,
+                },
+                None => stream,
+            };
             let on_signal = on_signal.clone();
-            tokio::spawn(async move {
+            Listener::Task(tokio::spawn(async move {
                 while stream.recv().await.is_some() {
                     on_signal(sig);
                 }
-            })
+            }))
         })
         .collect())
 }
@@ -136,7 +165,7 @@ pub(crate) fn listen(
 pub(crate) fn listen(
     signals: &[Signal],
     on_signal: std::sync::Arc<dyn Fn(Signal) + Send + Sync>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, (Signal, std::io::Error)> {
+) -> Result<Vec<Listener>, (Signal, std::io::Error)> {
     if let Some(&sig) = signals.iter().find(|s| **s != Signal::Interrupt) {
         return Err((
             sig,
@@ -150,11 +179,11 @@ pub(crate) fn listen(
         .iter()
         .map(|_| {
             let on_signal = on_signal.clone();
-            tokio::spawn(async move {
+            Listener::Task(tokio::spawn(async move {
                 while tokio::signal::ctrl_c().await.is_ok() {
                     on_signal(Signal::Interrupt);
                 }
-            })
+            }))
         })
         .collect())
 }

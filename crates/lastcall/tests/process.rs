@@ -181,7 +181,20 @@ impl Ended {
 
 #[test]
 fn a_second_sigterm_and_a_sigint_during_the_drain_neither_restart_nor_kill_the_flow() {
-    let mut fixture = Fixture::ready(&["work=1500", "stop-hook"], &[("LASTCALL_BUDGET", "20s")]);
+    later_signals_are_recorded(&[]);
+}
+
+#[test]
+fn on_a_multi_thread_runtime_the_main_thread_hears_the_signals() {
+    // Under `runtime::block_on` the signal listeners are polled by the main thread.
+    later_signals_are_recorded(&[("FIXTURE_WORKERS", "2")]);
+    repeated_interrupt_forces_exit(&[("FIXTURE_WORKERS", "2")]);
+}
+
+fn later_signals_are_recorded(env: &[(&str, &str)]) {
+    let mut env = env.to_vec();
+    env.push(("LASTCALL_BUDGET", "20s"));
+    let mut fixture = Fixture::ready(&["work=1500", "stop-hook"], &env);
     fixture.signal(NixSignal::SIGTERM);
     fixture.wait_for("phase wait_for_work");
     fixture.signal(NixSignal::SIGTERM);
@@ -231,10 +244,13 @@ fn a_second_sigterm_and_a_sigint_during_the_drain_neither_restart_nor_kill_the_f
 
 #[test]
 fn a_repeated_interrupt_forces_exit_130_when_opted_in() {
-    let mut fixture = Fixture::ready(
-        &["work=never"],
-        &[("LASTCALL_FORCE_EXIT", "second-interrupt")],
-    );
+    repeated_interrupt_forces_exit(&[]);
+}
+
+fn repeated_interrupt_forces_exit(env: &[(&str, &str)]) {
+    let mut env = env.to_vec();
+    env.push(("LASTCALL_FORCE_EXIT", "second-interrupt"));
+    let mut fixture = Fixture::ready(&["work=never"], &env);
     fixture.signal(NixSignal::SIGINT);
     fixture.wait_for("phase wait_for_work");
     fixture.signal(NixSignal::SIGINT);
@@ -485,9 +501,34 @@ fn under_runtime_block_on_no_lastcall_thread_is_left_for_the_exit_to_end() {
 
 #[test]
 fn a_blocking_task_left_running_cannot_hold_the_exit() {
+    blocking_task_is_waited_for_then_abandoned(&[]);
+}
+
+#[test]
+fn on_a_multi_thread_runtime_the_teardown_still_waits_for_a_blocking_task() {
+    // The default teardown leaves idle workers to the exit only when nothing is left: here a
+    // blocking task is, so it is waited for (bounded) as on a current-thread runtime.
+    blocking_task_is_waited_for_then_abandoned(&[("FIXTURE_WORKERS", "2")]);
+}
+
+#[test]
+fn on_a_multi_thread_runtime_the_teardown_still_drops_a_task_left_alive() {
+    let fixture = Fixture::ready(&["untracked-task"], &[("FIXTURE_WORKERS", "2")]);
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    assert_eq!(
+        ended.count("untracked task dropped"),
+        1,
+        "its destructor ran: {:?}",
+        ended.stdout
+    );
+}
+
+fn blocking_task_is_waited_for_then_abandoned(env: &[(&str, &str)]) {
     // Dropping a tokio runtime waits for its blocking tasks with no limit: this one sleeps ten
     // minutes. The fixture ends its runtime through `lastcall::runtime::block_on`.
-    let fixture = Fixture::ready(&["blocking-leftover"], &[]);
+    let fixture = Fixture::ready(&["blocking-leftover"], env);
     fixture.signal(NixSignal::SIGTERM);
     let ended = fixture.wait();
     assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
