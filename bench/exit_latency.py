@@ -49,7 +49,7 @@ VARIANTS = {
 }
 
 
-def once(variant):
+def once(variant, with_pid=False):
     mode, extra = VARIANTS[variant]
     env = dict(os.environ, PORT="0", LASTCALL_DRAIN_DELAY="0s", RUST_LOG="off", **extra)
     server = subprocess.Popen([BIN, mode], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
@@ -73,7 +73,8 @@ def once(variant):
         status = server.wait()
         if not response.startswith(b"HTTP/1.1 200") or status != 0:
             raise SystemExit(f"{variant}: bad run (status {status}): {response[:80]!r}")
-        return (exited - answered) * 1000.0
+        ms = (exited - answered) * 1000.0
+        return (server.pid, ms) if with_pid else ms
     finally:
         if server.poll() is None:
             server.kill()
