@@ -5,8 +5,8 @@
 //! `lastcall-clock`, refreshes it every [`TICK`] while guards are being created, and parks
 //! itself after [`IDLE_AFTER`] without demand; the first guard after that refreshes the value
 //! itself and wakes the thread. Under [`runtime::block_on`](crate::runtime::block_on) the main
-//! thread ticks instead, and no thread is started (the `host` module). A cached time is at most one tick old, so work ages are exact
-//! to about 10 ms.
+//! thread ticks instead, and no thread is started (the `host` module). A cached time is at
+//! most one tick old, so work ages are exact to about 10 ms.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;

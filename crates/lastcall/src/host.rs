@@ -167,7 +167,9 @@ impl Host {
     }
 
     /// Polls `stream` for `signal` on the main thread, calling `on_signal` for every delivery,
-    /// until [`Host::unlisten`]. Gives the stream back when the host has finished.
+    /// until [`Host::unlisten`] or the end of `main`. Only for a controller built by `main`
+    /// itself, on the main thread, which ends with `main`: one built elsewhere (another task,
+    /// another runtime) may outlive it, and gets its stream back to listen with a task.
     #[cfg(unix)]
     pub(crate) fn listen(
         &self,
@@ -175,6 +177,9 @@ impl Host {
         stream: tokio::signal::unix::Signal,
         on_signal: OnSignal,
     ) -> Result<u64, tokio::signal::unix::Signal> {
+        if std::thread::current().id() != self.thread.id() {
+            return Err(stream);
+        }
         let mut state = self.lock();
         if state.finished {
             return Err(stream);
@@ -288,7 +293,7 @@ impl Host {
     fn finish(&self) {
         let mut state = self.lock();
         state.finished = true;
-        // Signals after `main` has returned start nothing: the process is ending.
+        // The listeners belong to controllers `main` built, ended with it.
         #[cfg(unix)]
         state.listeners.clear();
         if state.ticking.take().is_some() {

@@ -7,8 +7,9 @@
 //! deadline was disarmed when the flow finished. The orchestrator's SIGKILL ends it instead.
 //!
 //! [`block_on`] runs `main` on a runtime you built and then ends that runtime under a
-//! [`Teardown`] policy: bounded ([`Teardown::Wait`], the default), or not waited for at all
-//! ([`Teardown::Detach`]).
+//! [`Teardown`] policy: bounded ([`Teardown::Wait`], the default, which does not even wake the
+//! idle workers when nothing is left to wait for), always joined and bounded
+//! ([`Teardown::Join`]), or not waited for at all ([`Teardown::Detach`]).
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -27,7 +28,7 @@ pub enum Teardown {
     /// When there is nothing to drop or wait for (on a multi-thread runtime, no task alive
     /// and no thread in the process but the caller and the runtime's workers, so no blocking
     /// task), the idle workers are not woken and joined: the runtime is left for the process's
-    /// exit to end, which takes the kernel less time than joining them takes (0.15 to 0.2 ms
+    /// exit to end, which takes the kernel less time than joining them takes (about 0.1 ms
     /// sooner between the last response and the exit, see `BENCHMARKS.md`). Their
     /// thread-local destructors and `on_thread_stop` callbacks do not run then: choose
     /// [`Teardown::Join`] if yours must. A runtime left so is dropped at the next `block_on`
