@@ -394,34 +394,3 @@ fn dedup(signals: impl IntoIterator<Item = Signal>) -> Vec<Signal> {
     }
     out
 }
-
-/// Levenshtein distance; the names are short, so the quadratic table is fine.
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_typos_get_a_suggestion() {
-        assert_eq!(Setting::closest("LASTCALL_BUDGT"), Some(Setting::Budget));
-        assert_eq!(Setting::closest("LASTCALL_DRAIN"), None);
-        assert_eq!(
-            Setting::closest("LASTCALL_DRAINDELAY"),
-            Some(Setting::DrainDelay)
-        );
-    }
-}

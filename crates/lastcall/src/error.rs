@@ -253,7 +253,7 @@ impl Setting {
     pub fn closest(name: &str) -> Option<Setting> {
         Setting::ALL
             .into_iter()
-            .map(|s| (crate::builder::edit_distance(name, s.env_name()), s))
+            .map(|s| (edit_distance(name, s.env_name()), s))
             .filter(|(d, _)| *d <= 3)
             .min_by_key(|(d, _)| *d)
             .map(|(_, s)| s)
@@ -303,5 +303,36 @@ impl fmt::Display for Named {
             Origin::Code => write!(f, "{} (set by {})", self.0.env_name(), self.0.method()),
             Origin::Default => write!(f, "{} (default)", self.0.env_name()),
         }
+    }
+}
+
+/// Levenshtein distance; the names are short, so the quadratic table is fine.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_typos_get_a_suggestion() {
+        assert_eq!(Setting::closest("LASTCALL_BUDGT"), Some(Setting::Budget));
+        assert_eq!(Setting::closest("LASTCALL_DRAIN"), None);
+        assert_eq!(
+            Setting::closest("LASTCALL_DRAINDELAY"),
+            Some(Setting::DrainDelay)
+        );
     }
 }
