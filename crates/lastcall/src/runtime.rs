@@ -98,7 +98,7 @@ pub fn block_on<F: Future>(runtime: Runtime, teardown: Teardown, main: F) -> F::
     drop(earlier);
     let multi_thread = runtime.handle().runtime_flavor() == RuntimeFlavor::MultiThread;
     // Ending a current-thread runtime joins no thread: nothing to save there.
-    let threads = (multi_thread && matches!(teardown, Teardown::Wait(_))).then(Threads::open);
+    let mut threads = (multi_thread && matches!(teardown, Teardown::Wait(_))).then(Threads::open);
     let output = if multi_thread {
         crate::host::run(&runtime, main)
     } else {
@@ -106,7 +106,7 @@ pub fn block_on<F: Future>(runtime: Runtime, teardown: Teardown, main: F) -> F::
         runtime.block_on(main)
     };
     match teardown {
-        Teardown::Wait(_) if threads.as_ref().is_some_and(|t| nothing_left(&runtime, t)) => {
+        Teardown::Wait(_) if threads.as_mut().is_some_and(|t| nothing_left(&runtime, t)) => {
             leave(runtime)
         }
         Teardown::Wait(limit) | Teardown::Join(limit) => {
@@ -138,7 +138,7 @@ fn lock_left() -> MutexGuard<'static, Option<Runtime>> {
 /// multi-thread runtime with no task alive, in a process whose only threads are the caller
 /// and the runtime's workers (a blocking task would have a thread of the runtime's pool).
 /// Under a host, lastcall's own signal listeners are not tasks.
-fn nothing_left(runtime: &Runtime, threads: &Threads) -> bool {
+fn nothing_left(runtime: &Runtime, threads: &mut Threads) -> bool {
     let metrics = runtime.metrics();
     metrics.num_alive_tasks() == 0 && threads.count() == Some(1 + metrics.num_workers())
 }
@@ -149,7 +149,7 @@ fn nothing_left(runtime: &Runtime, threads: &Threads) -> bool {
 /// exit).
 struct Threads {
     #[cfg(target_os = "linux")]
-    tasks: Option<std::cell::RefCell<nix::dir::Dir>>,
+    tasks: Option<nix::dir::Dir>,
 }
 
 impl Threads {
@@ -163,9 +163,8 @@ impl Threads {
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
-            .ok()
-            .map(std::cell::RefCell::new);
-            let threads = Threads { tasks };
+            .ok();
+            let mut threads = Threads { tasks };
             // Once now, so the read at the end finds its code paths warm.
             let _ = threads.count();
             threads
@@ -176,8 +175,8 @@ impl Threads {
 
     /// How many threads the process has now, if that can be told.
     #[cfg(target_os = "linux")]
-    fn count(&self) -> Option<usize> {
-        let mut tasks = self.tasks.as_ref()?.try_borrow_mut().ok()?;
+    fn count(&mut self) -> Option<usize> {
+        let tasks = self.tasks.as_mut()?;
         let mut count = 0;
         // The iterator rewinds the directory when dropped, so each count reads it afresh.
         for entry in tasks.iter() {
@@ -190,7 +189,7 @@ impl Threads {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn count(&self) -> Option<usize> {
+    fn count(&mut self) -> Option<usize> {
         None
     }
 }
