@@ -33,9 +33,10 @@ use crate::future::Idle;
 /// place and no clock read: less than `tokio_util::task::TaskTracker`'s counter alone, which
 /// does four atomic operations (see `BENCHMARKS.md`). A guard is two words.
 ///
-/// Ages are exact to about 10 ms, which is what a shutdown report needs: a background thread
-/// named `lastcall-clock` refreshes the cached value every 10 ms while guards are being
-/// created, and parks after a second without them.
+/// Ages are exact to about 10 ms, which is what a shutdown report needs: the cached value is
+/// refreshed every 10 ms while guards are being created, and for a second after, by the main
+/// thread under [`runtime::block_on`](crate::runtime::block_on), else by a background thread
+/// named `lastcall-clock`.
 ///
 /// # Memory
 ///
