@@ -11,6 +11,22 @@ use crate::Phase;
 /// the flow never races the watchdog thread at the very end of the budget.
 pub(crate) const EXIT_RESERVE: Duration = Duration::from_millis(50);
 
+/// The shortest phase cap or reserve that may be set.
+const MIN_RESERVE: Duration = Duration::from_millis(1);
+
+/// The shortest close reserve: the 50 ms kept for the report and as much again for the steps.
+const MIN_CLOSE: Duration = Duration::from_millis(100);
+
+/// The budget from which unset reserves keep their full defaults; below it they shrink in
+/// proportion, so together they never exceed 30 % of the budget (26.7 % exactly).
+const FULL_RESERVES_FROM: Duration = Duration::from_secs(30);
+
+/// The defaults of the stop-accepting cap and of the flush and close reserves, for a budget of
+/// [`FULL_RESERVES_FROM`] or more.
+const DEFAULT_STOP: Duration = Duration::from_secs(1);
+const DEFAULT_FLUSH: Duration = Duration::from_secs(2);
+const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
+
 /// One total deadline, counted from the trigger, and the time reserved for each phase.
 ///
 /// The budget is the platform's grace period minus a margin (Kubernetes'
@@ -26,7 +42,24 @@ pub(crate) const EXIT_RESERVE: Duration = Duration::from_millis(50);
 /// | close dependencies | `close_dependencies` - 50 ms | `total` - 50 ms (kept to write the report) |
 ///
 /// A phase ends at `min(its start + cap, its deadline)`. Waiting for work gets whatever the
-/// others leave, and no phase can eat the time reserved for the phases after it. At `total` the watchdog thread ends the process whatever state it is in.
+/// others leave, and no phase can eat the time reserved for the phases after it. At `total` the
+/// watchdog thread ends the process whatever state it is in.
+///
+/// Reserves that are not set scale with the budget ([`Budget::from_settings`]): each is
+/// `min(its default, total × default / 30 s)`, so from 30 s up they are 1 s, 2 s and 5 s, and
+/// below it they keep 26.7 % of the budget together, leaving waiting for work the largest
+/// share. With no drain delay:
+///
+/// | budget | stop accepting | wait for work ends | flush | close |
+/// |---|---|---|---|---|
+/// | 1 s | 33 ms | 768 ms | 66 ms | 166 ms |
+/// | 5 s | 166 ms | 3834 ms | 333 ms | 833 ms |
+/// | 10 s | 333 ms | 7668 ms | 666 ms | 1666 ms |
+/// | 30 s | 1 s | 23 s | 2 s | 5 s |
+/// | 90 s | 1 s | 83 s | 2 s | 5 s |
+///
+/// Every duration is at most [`Budget::MAX_DURATION`] (a day), the budget at least
+/// [`Budget::MIN_TOTAL`] (a second).
 ///
 /// # Examples
 ///
@@ -93,23 +126,72 @@ pub struct Window {
 }
 
 impl Default for Budget {
+    /// A 30 s budget with no drain delay and the full default reserves.
     fn default() -> Self {
-        Budget {
-            total: Duration::from_secs(30),
-            drain_delay: Duration::ZERO,
-            stop_accepting: Duration::from_secs(1),
-            flush_telemetry: Duration::from_secs(2),
-            close_dependencies: Duration::from_secs(5),
-        }
+        Budget::new(FULL_RESERVES_FROM)
     }
 }
 
 impl Budget {
-    /// A budget with the given total and the default phase reserves.
+    /// The longest any duration setting may be. A shutdown that needs more than a day is a
+    /// batch job's, not a service's; a longer value is most often a unit mistake, and would
+    /// overflow the clock's arithmetic at the first signal.
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// The shortest budget: one second, split as the table above shows.
+    pub const MIN_TOTAL: Duration = Duration::from_secs(1);
+
+    /// A budget with the given total, no drain delay, and reserves scaled to it (see
+    /// [`Budget::from_settings`]).
     pub fn new(total: Duration) -> Budget {
+        Budget::from_settings(total, Duration::ZERO, None, None, None)
+    }
+
+    /// Resolves a budget from its settings, as [`Builder`](crate::Builder) does: a reserve that
+    /// is `None` (not set) scales with the budget, `min(its default, total × default / 30 s)`
+    /// rounded down to a millisecond, so that any budget works alone. Set reserves are kept as
+    /// they are; [`Budget::plan`] then checks the whole.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lastcall::{Budget, Phase};
+    ///
+    /// let secs = Duration::from_secs;
+    /// // Docker's default stop timeout is 10 s: a 9 s budget alone is valid, and waiting for
+    /// // work gets the largest share.
+    /// let budget = Budget::from_settings(secs(9), Duration::ZERO, None, None, None);
+    /// assert_eq!(budget.close_dependencies, Duration::from_millis(1500));
+    /// let plan = budget.plan()?;
+    /// assert_eq!(plan.deadline(Phase::WaitForWork), Duration::from_millis(6900));
+    ///
+    /// // From 30 s up, the unset reserves are the full defaults; a set one is kept.
+    /// let budget = Budget::from_settings(secs(60), secs(5), None, None, Some(secs(10)));
+    /// assert_eq!((budget.flush_telemetry, budget.close_dependencies), (secs(2), secs(10)));
+    /// # Ok::<(), lastcall::error::ConfigError>(())
+    /// ```
+    pub fn from_settings(
+        total: Duration,
+        drain_delay: Duration,
+        stop_accepting: Option<Duration>,
+        flush_telemetry: Option<Duration>,
+        close_dependencies: Option<Duration>,
+    ) -> Budget {
+        let scaled = |default: Duration| {
+            if total >= FULL_RESERVES_FROM {
+                return default;
+            }
+            // Below 30 s, so the product fits: at most 5e9 ns × 3e10 ns.
+            let nanos = default.as_nanos() * total.as_nanos() / FULL_RESERVES_FROM.as_nanos();
+            Duration::from_millis((nanos / 1_000_000) as u64)
+        };
         Budget {
             total,
-            ..Budget::default()
+            drain_delay,
+            stop_accepting: stop_accepting.unwrap_or_else(|| scaled(DEFAULT_STOP)),
+            flush_telemetry: flush_telemetry.unwrap_or_else(|| scaled(DEFAULT_FLUSH)),
+            close_dependencies: close_dependencies.unwrap_or_else(|| scaled(DEFAULT_CLOSE)),
         }
     }
 
@@ -142,9 +224,11 @@ impl Budget {
     /// # Errors
     ///
     /// [`ConfigError::Zero`] when the total or a phase cap is zero (the drain delay may be
-    /// zero), [`ConfigError::TooShort`] when the close reserve does not exceed the 50 ms kept
-    /// for the report, and [`ConfigError::ReservesExceedBudget`] when the drain delay and the
-    /// reserves leave no time to wait for work.
+    /// zero); [`ConfigError::TooLong`] when a duration exceeds [`Budget::MAX_DURATION`];
+    /// [`ConfigError::TooShort`] when the budget is under [`Budget::MIN_TOTAL`], a cap or
+    /// reserve under a millisecond, or the close reserve under 100 ms (50 ms of it are kept for the report);
+    /// and [`ConfigError::ReservesExceedBudget`] when the drain delay and the reserves leave no
+    /// time to wait for work.
     pub fn plan(&self) -> Result<Plan, ConfigError> {
         self.validate(&|_| Origin::Code)
     }
@@ -163,19 +247,40 @@ impl Budget {
                 });
             }
         }
-        if self.close_dependencies <= EXIT_RESERVE {
-            return Err(ConfigError::TooShort {
-                setting: Setting::CloseTimeout,
-                origin: origin(Setting::CloseTimeout),
-                value: self.close_dependencies,
-                minimum: EXIT_RESERVE,
-            });
+        for (setting, value) in [
+            (Setting::Budget, self.total),
+            (Setting::DrainDelay, self.drain_delay),
+            (Setting::StopTimeout, self.stop_accepting),
+            (Setting::FlushTimeout, self.flush_telemetry),
+            (Setting::CloseTimeout, self.close_dependencies),
+        ] {
+            if value > Budget::MAX_DURATION {
+                return Err(ConfigError::TooLong {
+                    setting,
+                    origin: origin(setting),
+                    value,
+                    maximum: Budget::MAX_DURATION,
+                });
+            }
         }
-        let reserved = self
-            .drain_delay
-            .saturating_add(self.stop_accepting)
-            .saturating_add(self.flush_telemetry)
-            .saturating_add(self.close_dependencies);
+        for (setting, value, minimum) in [
+            (Setting::Budget, self.total, Budget::MIN_TOTAL),
+            (Setting::StopTimeout, self.stop_accepting, MIN_RESERVE),
+            (Setting::FlushTimeout, self.flush_telemetry, MIN_RESERVE),
+            (Setting::CloseTimeout, self.close_dependencies, MIN_CLOSE),
+        ] {
+            if value < minimum {
+                return Err(ConfigError::TooShort {
+                    setting,
+                    origin: origin(setting),
+                    value,
+                    minimum,
+                });
+            }
+        }
+        // Each is at most a day, so the sum cannot overflow.
+        let reserved =
+            self.drain_delay + self.stop_accepting + self.flush_telemetry + self.close_dependencies;
         if reserved >= self.total {
             return Err(ConfigError::ReservesExceedBudget {
                 budget: *self,

@@ -17,14 +17,15 @@ use crate::{Budget, Controller, Signal};
 /// |---|---|---|
 /// | `LASTCALL_BUDGET` | [`Builder::budget`] | `30s` |
 /// | `LASTCALL_DRAIN_DELAY` | [`Builder::drain_delay`] | `0s` |
-/// | `LASTCALL_STOP_TIMEOUT` | [`Builder::stop_timeout`] | `1s` |
-/// | `LASTCALL_FLUSH_TIMEOUT` | [`Builder::flush_timeout`] | `2s` |
-/// | `LASTCALL_CLOSE_TIMEOUT` | [`Builder::close_timeout`] | `5s` |
+/// | `LASTCALL_STOP_TIMEOUT` | [`Builder::stop_timeout`] | `1s`, less under a 30 s budget |
+/// | `LASTCALL_FLUSH_TIMEOUT` | [`Builder::flush_timeout`] | `2s`, less under a 30 s budget |
+/// | `LASTCALL_CLOSE_TIMEOUT` | [`Builder::close_timeout`] | `5s`, less under a 30 s budget |
 /// | `LASTCALL_SIGNALS` | [`Builder::signals`] | `SIGTERM,SIGINT` |
 /// | `LASTCALL_FORCE_EXIT` | [`Builder::force_exit`] | `never` |
 /// | `LASTCALL_REPORT_FILE` | [`Builder::report_file`] | none |
 ///
-/// Durations are human durations (`25s`, `1500ms`, `1m 30s`). An unknown `LASTCALL_*`
+/// Durations are human durations (`25s`, `1500ms`, `1m 30s`), at most a day. Reserves that are
+/// not set scale with the budget ([`Budget::from_settings`]), so a budget alone always works. An unknown `LASTCALL_*`
 /// variable is an error (it is most often a typo that would silently change nothing); declare
 /// your own with [`Builder::allow_env`].
 ///
@@ -117,25 +118,31 @@ impl Builder {
         self.set(Setting::DrainDelay)
     }
 
-    /// The cap for the stop-accepting phase (`LASTCALL_STOP_TIMEOUT`, default 1 s).
+    /// The cap for the stop-accepting phase (`LASTCALL_STOP_TIMEOUT`, default 1 s, scaled down
+    /// under a 30 s budget).
     pub fn stop_timeout(mut self, cap: Duration) -> Builder {
         self.budget.stop_accepting = cap;
         self.set(Setting::StopTimeout)
     }
 
-    /// The time reserved for flushing telemetry (`LASTCALL_FLUSH_TIMEOUT`, default 2 s).
+    /// The time reserved for flushing telemetry (`LASTCALL_FLUSH_TIMEOUT`, default 2 s, scaled
+    /// down under a 30 s budget).
     pub fn flush_timeout(mut self, reserve: Duration) -> Builder {
         self.budget.flush_telemetry = reserve;
         self.set(Setting::FlushTimeout)
     }
 
-    /// The time reserved for closing dependencies (`LASTCALL_CLOSE_TIMEOUT`, default 5 s).
+    /// The time reserved for closing dependencies (`LASTCALL_CLOSE_TIMEOUT`, default 5 s,
+    /// scaled down under a 30 s budget).
     pub fn close_timeout(mut self, reserve: Duration) -> Builder {
         self.budget.close_dependencies = reserve;
         self.set(Setting::CloseTimeout)
     }
 
-    /// The signals that start the shutdown (`LASTCALL_SIGNALS`, default `SIGTERM,SIGINT`).
+    /// The signals that start the shutdown (`LASTCALL_SIGNALS`, default `SIGTERM,SIGINT`). On
+    /// unix the set must include `SIGTERM`: left to its default action it kills the process at
+    /// once. A signal not in the set keeps its default action too (`SIGHUP` and `SIGQUIT` end
+    /// the process at once, dropping requests in flight): add the ones your platform sends.
     pub fn signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Builder {
         self.signals = dedup(signals);
         self.set(Setting::Signals)
@@ -218,10 +225,25 @@ impl Builder {
                 origin: self.origin(Setting::Signals),
             });
         }
+        #[cfg(unix)]
+        if !self.signals.contains(&Signal::Terminate) {
+            // Left to its default action, SIGTERM (what every orchestrator sends) would kill
+            // the process at once, dropping the requests in flight.
+            return Err(ConfigError::SigtermNotHandled {
+                signals: self.signals.clone(),
+                origin: self.origin(Setting::Signals),
+            });
+        }
+        let set = |setting, value| (self.origin(setting) != Origin::Default).then_some(value);
+        let budget = Budget::from_settings(
+            self.budget.total,
+            self.budget.drain_delay,
+            set(Setting::StopTimeout, self.budget.stop_accepting),
+            set(Setting::FlushTimeout, self.budget.flush_telemetry),
+            set(Setting::CloseTimeout, self.budget.close_dependencies),
+        );
         let origins = self.origins.clone();
-        let plan = self
-            .budget
-            .validate(&|s| origins.get(&s).copied().unwrap_or(Origin::Default))?;
+        let plan = budget.validate(&|s| origins.get(&s).copied().unwrap_or(Origin::Default))?;
         if let Some(path) = &self.report_file {
             // Opened (and created) now, so a path that cannot be written fails at startup,
             // not when the report is due.
@@ -250,7 +272,7 @@ impl Builder {
         let listeners = crate::signal::listen(&self.signals, on_signal)
             .map_err(|(signal, source)| ConfigError::Signal { signal, source })?;
         tracing::debug!(
-            budget = ?self.budget,
+            budget = ?plan.budget(),
             signals = ?self.signals,
             force_exit = ?self.force,
             "shutdown controller ready"

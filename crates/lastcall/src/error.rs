@@ -116,7 +116,7 @@ pub enum ConfigError {
         origin: Origin,
     },
     /// A duration is below its minimum.
-    #[error("{} is {}; it must be more than {}", Named(*setting, *origin), format_duration(*value), format_duration(*minimum))]
+    #[error("{} is {}; it must be at least {}", Named(*setting, *origin), format_duration(*value), format_duration(*minimum))]
     TooShort {
         /// The setting.
         setting: Setting,
@@ -124,8 +124,21 @@ pub enum ConfigError {
         origin: Origin,
         /// The value given.
         value: Duration,
-        /// The exclusive minimum.
+        /// The smallest value accepted.
         minimum: Duration,
+    },
+    /// A duration is beyond the longest accepted, [`Budget::MAX_DURATION`]
+    /// (a day): most often a unit mistake.
+    #[error("{} is {}; it must be at most {} (is the unit right? for example \"{}\")", Named(*setting, *origin), format_duration(*value), format_duration(*maximum), setting.example())]
+    TooLong {
+        /// The setting.
+        setting: Setting,
+        /// Where the value came from.
+        origin: Origin,
+        /// The value given.
+        value: Duration,
+        /// The largest value accepted.
+        maximum: Duration,
     },
     /// The drain delay and the phase reserves add up to the whole budget or more, leaving no
     /// time to wait for in-flight work.
@@ -148,6 +161,15 @@ pub enum ConfigError {
     #[error("{} is empty; list at least one of SIGTERM, SIGINT, SIGHUP, SIGQUIT", Named(Setting::Signals, *origin))]
     NoSignals {
         /// Where the empty set came from.
+        origin: Origin,
+    },
+    /// The signal set leaves `SIGTERM` to its default action, which kills the process at once:
+    /// every orchestrator's stop would drop the requests in flight.
+    #[error("{} is {}, which leaves SIGTERM to its default action: the stop every orchestrator sends would kill the process at once; add SIGTERM (for example \"SIGTERM,{}\")", Named(Setting::Signals, *origin), signals.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","), signals.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","))]
+    SigtermNotHandled {
+        /// The signals configured.
+        signals: Vec<Signal>,
+        /// Where the set came from.
         origin: Origin,
     },
     /// The report file cannot be opened for writing.
@@ -187,9 +209,12 @@ impl ConfigError {
             ConfigError::Unparsable { setting, .. }
             | ConfigError::Invalid { setting, .. }
             | ConfigError::Zero { setting, .. }
-            | ConfigError::TooShort { setting, .. } => Some(*setting),
+            | ConfigError::TooShort { setting, .. }
+            | ConfigError::TooLong { setting, .. } => Some(*setting),
             ConfigError::ReservesExceedBudget { .. } => Some(Setting::Budget),
-            ConfigError::NoSignals { .. } | ConfigError::Signal { .. } => Some(Setting::Signals),
+            ConfigError::NoSignals { .. }
+            | ConfigError::SigtermNotHandled { .. }
+            | ConfigError::Signal { .. } => Some(Setting::Signals),
             ConfigError::ReportFile { .. } => Some(Setting::ReportFile),
             ConfigError::NotUnicode { .. }
             | ConfigError::UnknownVariable { .. }

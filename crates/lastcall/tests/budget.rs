@@ -61,11 +61,13 @@ proptest! {
             + budget.close_dependencies;
         let zero = [budget.total, budget.stop_accepting, budget.flush_telemetry, budget.close_dependencies]
             .iter().any(Duration::is_zero);
-        let valid = !zero && budget.close_dependencies > ms(50) && reserved < budget.total;
+        let short = budget.total < ms(1000) || budget.close_dependencies < ms(100)
+            || budget.stop_accepting < ms(1) || budget.flush_telemetry < ms(1);
+        let valid = !zero && !short && reserved < budget.total;
         match budget.plan() {
             Ok(_) => prop_assert!(valid),
             Err(ConfigError::Zero { .. }) => prop_assert!(zero),
-            Err(ConfigError::TooShort { .. }) => prop_assert!(!zero && budget.close_dependencies <= ms(50)),
+            Err(ConfigError::TooShort { .. }) => prop_assert!(!zero && short),
             Err(ConfigError::ReservesExceedBudget { reserved: r, .. }) => {
                 prop_assert_eq!(r, reserved);
                 prop_assert!(reserved >= budget.total);
@@ -73,6 +75,59 @@ proptest! {
             Err(other) => prop_assert!(false, "unexpected error {other}"),
         }
     }
+
+    #[test]
+    fn any_budget_from_a_second_to_a_day_is_valid_alone(total in 1_000u64..86_400_000) {
+        let budget = Budget::new(ms(total));
+        let plan = budget.plan().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let reserves = budget.stop_accepting + budget.flush_telemetry + budget.close_dependencies;
+        // The unset reserves keep at most 30 % of the budget; waiting for work gets the rest.
+        prop_assert!(reserves * 10 <= budget.total * 3, "{:?}", budget);
+        prop_assert!(reserves <= Duration::from_secs(8));
+        prop_assert!(plan.deadline(Phase::WaitForWork) >= budget.total * 7 / 10);
+    }
+}
+
+#[test]
+fn unset_reserves_keep_their_defaults_from_thirty_seconds_and_shrink_below() {
+    let secs = Duration::from_secs;
+    assert_eq!(Budget::new(secs(30)), Budget::default());
+    assert_eq!(Budget::new(secs(90)).close_dependencies, secs(5));
+    let ten = Budget::new(secs(10));
+    assert_eq!(
+        (
+            ten.stop_accepting,
+            ten.flush_telemetry,
+            ten.close_dependencies
+        ),
+        (ms(333), ms(666), ms(1666))
+    );
+    // A set reserve is kept as set, the others still scale.
+    let set = Budget::from_settings(secs(10), secs(1), None, Some(secs(3)), None);
+    assert_eq!(
+        (set.flush_telemetry, set.close_dependencies),
+        (secs(3), ms(1666))
+    );
+}
+
+#[test]
+fn absurd_durations_are_refused_naming_the_limit() {
+    for total in [
+        Duration::from_secs(9_223_372_036_854_775_807),
+        Duration::MAX,
+        Duration::from_secs(366 * 24 * 3600),
+    ] {
+        let err = Budget::new(total).plan().unwrap_err();
+        assert!(matches!(err, ConfigError::TooLong { .. }), "{err}");
+        assert!(err.to_string().contains("at most 1day"), "{err}");
+    }
+    let err = Budget::new(Duration::from_secs(10))
+        .with_stop_accepting(Duration::from_nanos(1))
+        .plan()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::TooShort { .. }), "{err}");
+    let err = Budget::new(ms(500)).plan().unwrap_err();
+    assert!(err.to_string().contains("at least 1s"), "{err}");
 }
 
 #[test]

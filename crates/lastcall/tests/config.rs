@@ -75,14 +75,14 @@ async fn zero_budget_is_rejected_and_says_where_it_came_from() {
 #[tokio::test]
 async fn reserves_larger_than_the_budget_are_rejected_with_the_sum() {
     let err =
-        build_with(&[("LASTCALL_BUDGET", "10s"), ("LASTCALL_DRAIN_DELAY", "5s")]).unwrap_err();
+        build_with(&[("LASTCALL_BUDGET", "10s"), ("LASTCALL_DRAIN_DELAY", "9s")]).unwrap_err();
     let ConfigError::ReservesExceedBudget { reserved, .. } = &err else {
         panic!("expected ReservesExceedBudget, got {err:?}");
     };
-    // 5s drain + 1s stop + 2s flush + 5s close.
-    assert_eq!(*reserved, Duration::from_secs(13));
+    // 9s drain + the reserves scaled to 10s: 333ms stop + 666ms flush + 1666ms close.
+    assert_eq!(*reserved, Duration::from_millis(11_665));
     let text = err.to_string();
-    assert!(text.contains("raise the budget above 13s"), "{text}");
+    assert!(text.contains("raise the budget above 11s 665ms"), "{text}");
 }
 
 #[tokio::test]
@@ -172,4 +172,62 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
     let err = Controller::builder().ignore_env().build().unwrap_err();
     assert!(matches!(err, ConfigError::NoRuntime));
     assert_eq!(lastcall::Exit::Config.code(), 78);
+}
+
+#[tokio::test]
+async fn a_signal_set_without_sigterm_is_refused_with_the_fix() {
+    let err = build_with(&[("LASTCALL_SIGNALS", "SIGHUP")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::SigtermNotHandled {
+                origin: Origin::Env,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("\"SIGTERM,SIGHUP\""), "{text}");
+    build_with(&[("LASTCALL_SIGNALS", "SIGHUP,SIGTERM")]).expect("SIGTERM is in the set");
+}
+
+#[tokio::test]
+async fn absurd_durations_from_the_environment_are_refused_at_startup() {
+    for value in [
+        "9223372036854775807s",
+        "18446744073709551615s",
+        "500000000000y",
+        "400days",
+    ] {
+        match build_with(&[("LASTCALL_BUDGET", value)]) {
+            Err(ConfigError::TooLong {
+                setting: Setting::Budget,
+                ..
+            })
+            | Err(ConfigError::Unparsable {
+                setting: Setting::Budget,
+                ..
+            }) => {}
+            other => panic!("LASTCALL_BUDGET={value}: {other:?}"),
+        }
+    }
+    let err = build_with(&[("LASTCALL_STOP_TIMEOUT", "1ns")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::TooShort {
+                setting: Setting::StopTimeout,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A budget alone, as small as Docker's default stop timeout allows, works.
+    let controller = build_with(&[("LASTCALL_BUDGET", "8s")]).expect("a budget alone is valid");
+    let plan = *controller.shutdown().plan();
+    assert_eq!(
+        plan.deadline(Phase::WaitForWork),
+        Duration::from_millis(6_134)
+    );
 }
