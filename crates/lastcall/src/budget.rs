@@ -67,10 +67,10 @@ const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
 /// use std::time::Duration;
 /// use lastcall::{Budget, Phase};
 ///
-/// let budget = Budget::new(Duration::from_secs(25)).with_drain_delay(Duration::from_secs(5));
+/// let budget = Budget::new(Duration::from_secs(60)).with_drain_delay(Duration::from_secs(5));
 /// let plan = budget.plan()?;
-/// // 25 s - 2 s (flush) - 5 s (close) = 18 s from the trigger.
-/// assert_eq!(plan.deadline(Phase::WaitForWork), Duration::from_secs(18));
+/// // 60 s - 2 s (flush) - 5 s (close) = 53 s from the trigger.
+/// assert_eq!(plan.deadline(Phase::WaitForWork), Duration::from_secs(53));
 /// # Ok::<(), lastcall::error::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
