@@ -14,11 +14,24 @@
 //! - `untracked-task`: a task that never ends, holding a value that prints `untracked task
 //!   dropped` when dropped;
 //! - `blocking-leftover`: an untracked `spawn_blocking` task that sleeps for ten minutes;
-//!   the runtime ends through `lastcall::runtime::block_on`, so it cannot hold the exit.
+//!   the runtime ends through `lastcall::runtime::block_on`, so it cannot hold the exit
+//!   (unless `FIXTURE_TOKIO_MAIN=1`);
+//! - `block-now`: a task blocks the runtime's thread at once, before any signal;
+//! - `fill-stderr`: a thread writes to stderr without end, so with a stderr nobody reads every
+//!   writer blocks (Docker's blocking log mode);
+//! - `serve-after-run`: the README's axum shape, `DrainLayer` and `axum::serve(..)
+//!   .with_graceful_shutdown(..)` on a port it prints (`listening PORT`), then
+//!   `controller.run().await; server.await`; `GET /hang` never answers (`hang started`);
+//! - `spin-main`: the flow runs as a task while `main` polls an always-ready future forever;
+//! - `continue-after-run`: built with `Builder::continue_after_run`; after the flow it lives
+//!   past the budget and prints `alive after the budget`;
+//! - `second-controller=MS`: a second controller with a budget of MS milliseconds and a job
+//!   that never ends.
 //!
 //! It prints `ready` once the controller is built, `phase NAME` as phases begin, and
 //! `report: {json}` at the end, after `threads: NAMES`, the names of the process's threads
-//! then (Linux); logs go to stderr. `FIXTURE_WORKERS=N` runs it on a multi-thread runtime.
+//! then (Linux); logs go to stderr. `FIXTURE_WORKERS=N` runs it on a multi-thread runtime;
+//! `FIXTURE_TOKIO_MAIN=1` ends the runtime as `#[tokio::main]` does (dropped, unbounded).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -28,8 +41,7 @@ use lastcall::runtime::Teardown;
 use lastcall::{Controller, Phase};
 
 fn main() -> ExitCode {
-    // `FIXTURE_WORKERS=N` runs a multi-thread runtime with N workers, on which
-    // `lastcall::runtime::block_on` hosts the clock and the watchdog on the main thread.
+    // `FIXTURE_WORKERS=N` runs a multi-thread runtime with N workers.
     let workers = match std::env::var("FIXTURE_WORKERS") {
         Err(_) => None,
         Ok(n) => match n.parse::<usize>() {
@@ -56,6 +68,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if std::env::var_os("FIXTURE_TOKIO_MAIN").is_some() {
+        // What `#[tokio::main]` expands to: the runtime is dropped, which waits for every
+        // blocking task with no limit.
+        return runtime.block_on(service());
+    }
     // Bounded teardown: a blocking task left running cannot hold the exit.
     lastcall::runtime::block_on(runtime, Teardown::default(), service())
 }
@@ -69,7 +86,12 @@ async fn service() -> ExitCode {
         )
         .init();
 
-    let controller = match Controller::from_env() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut builder = Controller::builder();
+    if args.iter().any(|a| a == "continue-after-run") {
+        builder = builder.continue_after_run();
+    }
+    let controller = match builder.build() {
         Ok(controller) => controller,
         Err(err) => {
             eprintln!("lastcall: {err}");
@@ -77,8 +99,10 @@ async fn service() -> ExitCode {
         }
     };
     let shutdown = controller.shutdown();
+    let mut after_run = AfterRun::Return;
+    // Keeps a second controller (and its signal listener) alive until the end of `main`.
+    let mut second = None;
 
-    let args: Vec<String> = std::env::args().skip(1).collect();
     for (i, arg) in args.iter().enumerate() {
         let (name, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
         match name {
@@ -165,6 +189,48 @@ async fn service() -> ExitCode {
                 // dropping the runtime would wait for it forever.
                 tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(600)));
             }
+            "block-now" => {
+                tokio::spawn(async {
+                    // Blocks the runtime's thread before any signal can be handled by a task.
+                    println!("runtime blocked");
+                    std::thread::sleep(Duration::from_secs(600));
+                });
+            }
+            "fill-stderr" => {
+                std::thread::spawn(|| {
+                    let line = [b'x'; 1023];
+                    loop {
+                        use std::io::Write;
+                        let mut stderr = std::io::stderr().lock();
+                        let _ = stderr.write_all(&line);
+                        let _ = stderr.write_all(b"\n");
+                    }
+                });
+            }
+            "serve-after-run" => after_run = AfterRun::Serve,
+            "spin-main" => after_run = AfterRun::Spin,
+            "continue-after-run" => after_run = AfterRun::Outlive,
+            "second-controller" => {
+                let ms = value.parse().unwrap_or(1000);
+                let built = Controller::builder()
+                    .ignore_env()
+                    .budget(Duration::from_millis(ms))
+                    .build();
+                match built {
+                    Ok(other) => {
+                        let job = other.shutdown().tracker().job("second-controller-job");
+                        tokio::spawn(async move {
+                            let _job = job;
+                            std::future::pending::<()>().await;
+                        });
+                        second = Some(tokio::spawn(other.run()));
+                    }
+                    Err(err) => {
+                        eprintln!("fixture: {err}");
+                        return err.exit_code();
+                    }
+                }
+            }
             "fatal-after" => {
                 let trigger = controller.trigger();
                 let ms = value.parse().unwrap_or(0);
@@ -194,11 +260,91 @@ async fn service() -> ExitCode {
         }
     });
 
+    match after_run {
+        AfterRun::Serve => return serve_after_run(controller).await,
+        AfterRun::Spin => {
+            let flow = tokio::spawn(controller.run_with_report());
+            println!("ready");
+            drop(flow);
+            spin().await;
+            return ExitCode::FAILURE;
+        }
+        AfterRun::Return | AfterRun::Outlive => {}
+    }
+
     println!("ready");
     let report = controller.run_with_report().await;
     println!("threads: {}", thread_names().join(" "));
     println!("report: {}", report.to_json());
+    if after_run == AfterRun::Outlive {
+        let budget = shutdown.plan().budget().total;
+        tokio::time::sleep(budget + Duration::from_millis(500)).await;
+        println!("alive after the budget");
+    }
+    drop(second);
     report.exit_code()
+}
+
+/// What `main` does around the flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterRun {
+    /// Returns the flow's exit code.
+    Return,
+    /// Serves axum, and awaits the server after the flow.
+    Serve,
+    /// Polls an always-ready future forever.
+    Spin,
+    /// Lives past the budget after the flow (with `continue_after_run`).
+    Outlive,
+}
+
+/// The README's axum shape: the server stops accepting with the flow and is awaited after it.
+async fn serve_after_run(controller: Controller) -> ExitCode {
+    use axum::routing::get;
+    use std::future::IntoFuture;
+    let shutdown = controller.shutdown();
+    let app = axum::Router::new()
+        .route(
+            "/hang",
+            get(|| async {
+                println!("hang started");
+                std::future::pending::<&str>().await
+            }),
+        )
+        .layer(lastcall::http::DrainLayer::new(shutdown.clone()));
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("fixture: cannot listen: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => println!("listening {}", addr.port()),
+        Err(err) => {
+            eprintln!("fixture: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.reached(Phase::StopAccepting))
+            .into_future(),
+    );
+    println!("ready");
+    let code = controller.run().await;
+    let _ = server.await;
+    code
+}
+
+/// An always-ready future, polled forever: it never returns `Pending` on its own, so only
+/// tokio's cooperative budget makes it yield.
+async fn spin() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    loop {
+        let _ = tx.send(());
+        let _ = rx.recv().await;
+    }
 }
 
 /// The names of this process's threads, from `/proc/self/task` (empty elsewhere).

@@ -51,6 +51,7 @@ pub struct Builder {
     signals: Vec<Signal>,
     force: ForceExit,
     watchdog: bool,
+    continue_after_run: bool,
     manual_readiness: bool,
     env: EnvSource,
     allowed: Vec<String>,
@@ -97,6 +98,7 @@ impl Builder {
             signals: Signal::DEFAULT.to_vec(),
             force: ForceExit::Never,
             watchdog: true,
+            continue_after_run: false,
             manual_readiness: false,
             env: EnvSource::Process,
             allowed: Vec::new(),
@@ -166,9 +168,43 @@ impl Builder {
     /// Whether a watchdog thread ends the process at the hard deadline (default `true`).
     ///
     /// Turn it off only where ending the process is not yours to do, such as a controller
-    /// embedded in a test harness.
+    /// embedded in a host that enforces its own deadline. To keep the deadline during the
+    /// shutdown but not after it, use [`Builder::continue_after_run`].
     pub fn watchdog(mut self, enabled: bool) -> Builder {
         self.watchdog = enabled;
+        self
+    }
+
+    /// Declares a program that goes on after its shutdown: the hard deadline ends when
+    /// [`Controller::run`] returns, instead of holding until the process is gone.
+    ///
+    /// By default the deadline is a promise about the process: once triggered, the process is
+    /// gone by the end of the budget, whatever runs after `run` (code after it, a runtime whose
+    /// drop waits for a stuck `spawn_blocking` task). At the end of the budget a process still
+    /// alive prints what was still running and exits with status 5 ([`Exit::HardDeadline`](crate::Exit::HardDeadline)).
+    /// That is what an orchestrator's grace period needs, and what a test or an in-process
+    /// supervisor that runs a service's shutdown and then carries on must opt out of.
+    ///
+    /// Each controller's deadline is its own: with two controllers in one process, each armed
+    /// by its own trigger, the first deadline to pass ends the process, unless that controller
+    /// was built with this setting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lastcall::Controller;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // A test: shut the service down, then check what it did.
+    /// let controller = Controller::builder().continue_after_run().build().unwrap();
+    /// controller.trigger().trigger("test");
+    /// let report = controller.run_with_report().await;
+    /// assert!(report.exit.is_clean());
+    /// // ... the test binary goes on, and no deadline will end it.
+    /// # }
+    /// ```
+    pub fn continue_after_run(mut self) -> Builder {
+        self.continue_after_run = true;
         self
     }
 
@@ -245,39 +281,50 @@ impl Builder {
         let origins = self.origins.clone();
         let plan = budget.validate(&|s| origins.get(&s).copied().unwrap_or(Origin::Default))?;
         if let Some(path) = &self.report_file {
-            // Opened (and created) now, so a path that cannot be written fails at startup,
-            // not when the report is due.
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)
-                .map_err(|source| ConfigError::ReportFile {
-                    path: path.clone(),
-                    source,
-                })?;
+            // Checked (and created) now, so a path that cannot take the report fails at
+            // startup, not when the report is due.
+            crate::report::check_report_file(path)?;
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime);
         }
+        let watchdog =
+            match self.watchdog {
+                true => Some(crate::watchdog::Watchdog::start().map_err(|source| {
+                    ConfigError::Thread {
+                        name: "lastcall-watchdog",
+                        source,
+                    }
+                })?),
+                false => None,
+            };
         let shared = Arc::new(Shared::new(
             plan,
             self.force,
-            self.watchdog,
+            watchdog,
+            self.continue_after_run,
             self.report_file.clone(),
         ));
         let on_signal = {
             let shared = shared.clone();
             Arc::new(move |signal| shared.on_signal(signal))
         };
-        let listeners = crate::signal::listen(&self.signals, on_signal)
-            .map_err(|(signal, source)| ConfigError::Signal { signal, source })?;
+        let listener = crate::signal::listen(&self.signals, on_signal).map_err(|e| match e {
+            crate::signal::ListenError::Signal(signal, source) => {
+                ConfigError::Signal { signal, source }
+            }
+            crate::signal::ListenError::Thread(source) => ConfigError::Thread {
+                name: "lastcall-signals",
+                source,
+            },
+        })?;
         tracing::debug!(
             budget = ?plan.budget(),
             signals = ?self.signals,
             force_exit = ?self.force,
             "shutdown controller ready"
         );
-        Ok(Controller::new(shared, listeners, self.manual_readiness))
+        Ok(Controller::new(shared, listener, self.manual_readiness))
     }
 
     fn set(mut self, setting: Setting) -> Builder {
@@ -382,6 +429,7 @@ impl fmt::Debug for Builder {
             .field("signals", &self.signals)
             .field("force", &self.force)
             .field("watchdog", &self.watchdog)
+            .field("continue_after_run", &self.continue_after_run)
             .field("manual_readiness", &self.manual_readiness)
             .finish_non_exhaustive()
     }

@@ -35,8 +35,9 @@ const REPORTED_ITEMS: usize = 50;
 /// 7. **exit**: the [`Report`] is logged and recorded, the exit code returned.
 ///
 /// However many signals arrive, exactly one flow runs and every step runs at most once (steps
-/// are `FnOnce`). The watchdog thread ends the process at the end of the budget even if the
-/// async runtime is blocked.
+/// are `FnOnce`). Signals are heard on a thread of their own, and the watchdog thread ends the
+/// process at the end of the budget even if the async runtime is blocked, and even after
+/// `run` has returned (see [`Builder::continue_after_run`]).
 ///
 /// # Examples
 ///
@@ -76,7 +77,7 @@ pub struct Controller {
     shared: Arc<Shared>,
     steps: Mutex<Vec<Step>>,
     manual_readiness: bool,
-    listeners: Vec<crate::signal::Listener>,
+    listener: crate::signal::Listener,
 }
 
 impl Controller {
@@ -96,14 +97,14 @@ impl Controller {
 
     pub(crate) fn new(
         shared: Arc<Shared>,
-        listeners: Vec<crate::signal::Listener>,
+        listener: crate::signal::Listener,
         manual_readiness: bool,
     ) -> Controller {
         Controller {
             shared,
             steps: Mutex::new(Vec::new()),
             manual_readiness,
-            listeners,
+            listener,
         }
     }
 
@@ -201,6 +202,12 @@ impl Controller {
     /// Unless [`Builder::manual_readiness`] was set, the service is marked ready when this
     /// starts waiting.
     ///
+    /// The hard deadline outlives this call: once the shutdown is triggered the process is
+    /// gone by the end of the budget, so return from `main` soon after (whatever still runs
+    /// then, a server's own graceful end or a runtime's drop, is bounded by the budget and
+    /// ends with status 5 if it is still running). A program that goes on after its shutdown
+    /// says so with [`Builder::continue_after_run`].
+    ///
     /// # Cancel safety
     ///
     /// Not cancel safe: dropping the future mid-shutdown abandons the remaining phases (the
@@ -284,6 +291,9 @@ impl Controller {
         crate::metrics::record_before_flush(&so_far);
         #[cfg(feature = "metrics")]
         let rejected_before_flush = so_far.rejected_while_draining;
+        shared.write_report_file(&format_args!(
+            "lastcall: shutdown in progress; the figures as the flush phase began:\n{so_far}"
+        ));
         shared.set_report_so_far(so_far);
 
         flow.run_phase(Phase::FlushTelemetry, take_steps(Phase::FlushTelemetry))
@@ -296,11 +306,13 @@ impl Controller {
 
         shared.enter(Phase::Exit);
         shared.health.advance(HealthState::Stopped);
-        shared.disarm_watchdog();
 
         let report = flow.report(&first.cause, work_at_deadline);
-        log(&report);
+        // The report file first: it is opened non-blocking and cannot hold the exit, while
+        // a log subscriber writing to a stalled pipe can (the deadline still holds then).
         shared.write_report_file(&report);
+        log(&report);
+        shared.flow_ended();
         #[cfg(feature = "metrics")]
         crate::metrics::record_at_exit(&report, rejected_before_flush);
         report
@@ -333,9 +345,7 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        for listener in &self.listeners {
-            listener.stop();
-        }
+        self.listener.stop();
     }
 }
 

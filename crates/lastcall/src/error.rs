@@ -181,6 +181,23 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The report file is not one the report may be written to.
+    #[error("{}={} is refused: {problem}; point it at a new or empty regular file, or one that holds an earlier report (Kubernetes: /dev/termination-log)", Setting::ReportFile.env_name(), path.display())]
+    ReportFileRefused {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A thread of lastcall's (the signal listener, the watchdog) could not be started.
+    #[error("cannot start the {name} thread: {source}; the process is out of threads or memory")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Installing a signal handler failed.
     #[error("cannot listen for {signal}: {source}")]
     Signal {
@@ -215,9 +232,12 @@ impl ConfigError {
             ConfigError::NoSignals { .. }
             | ConfigError::SigtermNotHandled { .. }
             | ConfigError::Signal { .. } => Some(Setting::Signals),
-            ConfigError::ReportFile { .. } => Some(Setting::ReportFile),
+            ConfigError::ReportFile { .. } | ConfigError::ReportFileRefused { .. } => {
+                Some(Setting::ReportFile)
+            }
             ConfigError::NotUnicode { .. }
             | ConfigError::UnknownVariable { .. }
+            | ConfigError::Thread { .. }
             | ConfigError::NoRuntime => None,
         }
     }

@@ -56,7 +56,6 @@ mod clock;
 mod controller;
 mod exit;
 mod health;
-mod host;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod phase;

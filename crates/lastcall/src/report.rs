@@ -336,3 +336,66 @@ pub(crate) mod millis_opt {
             .transpose()
     }
 }
+
+/// Opens the report file for writing without blocking: a FIFO with no reader fails with
+/// `ENXIO` at once, one whose reader has stalled fails the write with `EWOULDBLOCK`, instead
+/// of holding the process. `truncate` replaces what the file held (the previous report).
+pub(crate) fn open_report_file(
+    path: &std::path::Path,
+    truncate: bool,
+) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true);
+    if truncate {
+        options.truncate(true);
+    } else {
+        options.append(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    options.open(path)
+}
+
+/// Checks at start-up that `path` can take the report: a regular file (or none yet, created
+/// now) that is empty or holds an earlier report, so a typo cannot overwrite a database and a
+/// FIFO cannot hang the start or the exit.
+pub(crate) fn check_report_file(path: &std::path::Path) -> Result<(), crate::error::ConfigError> {
+    use crate::error::ConfigError;
+    use std::io::Read;
+
+    let refuse = |problem: &'static str| ConfigError::ReportFileRefused {
+        path: path.to_owned(),
+        problem,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(refuse(if meta.is_dir() {
+                "it is a directory"
+            } else {
+                "it is not a regular file (a FIFO, a socket or a device)"
+            }))
+        }
+        Ok(meta) if meta.len() > 0 => {
+            let mut head = [0u8; 16];
+            let read = std::fs::File::open(path)
+                .and_then(|mut file| file.read(&mut head))
+                .map_err(|source| ConfigError::ReportFile {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            let head = &head[..read];
+            if !(head.starts_with(b"shutdown (") || head.starts_with(b"lastcall: ")) {
+                return Err(refuse(
+                    "it is not empty and does not hold an earlier report",
+                ));
+            }
+        }
+        _ => {}
+    }
+    open_report_file(path, false)
+        .map(drop)
+        .map_err(|source| ConfigError::ReportFile {
+            path: path.to_owned(),
+            source,
+        })
+}

@@ -79,7 +79,13 @@ pub(crate) struct Shared {
     pub(crate) health: Health,
     pub(crate) plan: Plan,
     pub(crate) force: ForceExit,
-    pub(crate) watchdog: bool,
+    /// Ends the process at the end of the budget; `None` when turned off.
+    watchdog: Option<Watchdog>,
+    /// Disarm the watchdog when the flow ends ([`Builder::continue_after_run`](crate::Builder::continue_after_run)).
+    continue_after_run: bool,
+    /// The runtime the controller was built on, for the number of tasks still alive when the
+    /// deadline ends the process.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Where the report's summary goes at exit, if anywhere.
     pub(crate) report_file: Option<std::path::PathBuf>,
     phase: AtomicU8,
@@ -103,7 +109,6 @@ pub(crate) type PhaseObserver = Box<dyn Fn(Phase, Option<tokio::time::Instant>) 
 struct Fired {
     first: Option<First>,
     later: Vec<LaterSignal>,
-    watchdog: Option<Watchdog>,
 }
 
 #[derive(Clone)]
@@ -224,7 +229,8 @@ impl Shared {
     pub(crate) fn new(
         plan: Plan,
         force: ForceExit,
-        watchdog: bool,
+        watchdog: Option<Watchdog>,
+        continue_after_run: bool,
         report_file: Option<std::path::PathBuf>,
     ) -> Shared {
         let tokens: [CancellationToken; 8] = Default::default();
@@ -235,6 +241,8 @@ impl Shared {
             plan,
             force,
             watchdog,
+            continue_after_run,
+            runtime: tokio::runtime::Handle::try_current().ok(),
             report_file,
             phase: AtomicU8::new(Phase::Running as u8),
             tokens,
@@ -259,18 +267,27 @@ impl Shared {
 
     /// Starts the flow if nothing has yet; otherwise records a later trigger. Returns whether
     /// this call started it.
+    ///
+    /// Called on the signal thread for signals: the readiness flip and the hard deadline come
+    /// first and take no lock a blocked task could hold; logging comes last, because a
+    /// subscriber writing to a stalled pipe blocks.
     pub(crate) fn fire(self: &Arc<Self>, cause: TriggerCause) -> bool {
         let mut fired = lock(&self.fired);
         if let Some(first) = &fired.first {
             let phase = self.phase();
             let at = first.at_std.elapsed();
+            fired.later.push(LaterSignal {
+                cause: cause.clone(),
+                at,
+                phase,
+            });
+            drop(fired);
             tracing::warn!(
                 cause = %cause,
                 phase = %phase,
                 since_trigger_ms = at.as_millis() as u64,
                 "shutdown already in progress; this trigger starts nothing"
             );
-            fired.later.push(LaterSignal { cause, at, phase });
             return false;
         }
         let first = First {
@@ -278,18 +295,20 @@ impl Shared {
             at: tokio::time::Instant::now(),
             at_std: std::time::Instant::now(),
         };
-        if self.watchdog {
-            fired.watchdog = Watchdog::arm(self, first.at_std + self.plan.budget().total);
-        }
-        tracing::info!(
-            cause = %first.cause,
-            budget_ms = self.plan.budget().total.as_millis() as u64,
-            "shutdown triggered"
-        );
+        let deadline = first.at_std + self.plan.budget().total;
+        let cause = first.cause.clone();
         fired.first = Some(first);
         drop(fired);
         self.health.advance(HealthState::Draining);
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.arm(self.clone(), deadline);
+        }
         self.enter(Phase::NotReady);
+        tracing::info!(
+            cause = %cause,
+            budget_ms = self.plan.budget().total.as_millis() as u64,
+            "shutdown triggered"
+        );
         true
     }
 
@@ -297,7 +316,7 @@ impl Shared {
     pub(crate) fn on_signal(self: &Arc<Self>, signal: Signal) {
         let started = self.fire(TriggerCause::Signal { signal });
         if !started && signal == Signal::Interrupt && self.force == ForceExit::SecondInterrupt {
-            crate::watchdog::forced_exit(self);
+            crate::watchdog::forced_exit(self.clone());
         }
     }
 
@@ -309,8 +328,14 @@ impl Shared {
         lock(&self.fired).later.clone()
     }
 
-    pub(crate) fn disarm_watchdog(&self) {
-        lock(&self.fired).watchdog = None;
+    /// The flow has ended: the hard deadline keeps holding until the process is gone, unless
+    /// the program said it goes on after `run`.
+    pub(crate) fn flow_ended(&self) {
+        if self.continue_after_run {
+            if let Some(watchdog) = &self.watchdog {
+                watchdog.disarm();
+            }
+        }
     }
 
     /// Moves to `phase` and wakes everything waiting for it or an earlier phase.
@@ -355,6 +380,9 @@ impl Shared {
 
     /// Writes `summary` to the report file, if one is configured: at most 4096 bytes, the
     /// limit Kubernetes reads from a termination log.
+    ///
+    /// The file is opened non-blocking, so a FIFO nobody reads (or that nobody opened) fails
+    /// at once instead of holding the exit; the builder refuses anything but a regular file.
     pub(crate) fn write_report_file(&self, summary: &dyn fmt::Display) {
         let Some(path) = &self.report_file else {
             return;
@@ -365,7 +393,9 @@ impl Shared {
         while !summary.is_char_boundary(end) {
             end -= 1;
         }
-        if let Err(error) = std::fs::write(path, &summary[..end]) {
+        let written = crate::report::open_report_file(path, true)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, &summary.as_bytes()[..end]));
+        if let Err(error) = written {
             tracing::warn!(%error, path = %path.display(), "cannot write the report file");
         }
     }

@@ -97,77 +97,89 @@ impl FromStr for Signal {
     }
 }
 
-/// One installed listener: a task, or a signal stream the host polls on the main thread (see
-/// the `host` module).
-pub(crate) enum Listener {
-    Task(tokio::task::JoinHandle<()>),
+impl Signal {
+    /// The signal with this Linux number, if lastcall can listen for it.
     #[cfg(unix)]
-    Hosted(std::sync::Arc<crate::host::Host>, u64),
-}
-
-impl Listener {
-    /// Stops listening.
-    pub(crate) fn stop(&self) {
-        match self {
-            Listener::Task(task) => task.abort(),
-            #[cfg(unix)]
-            Listener::Hosted(host, id) => host.unlisten(*id),
-        }
+    fn from_number(number: i32) -> Option<Signal> {
+        [
+            Signal::Hangup,
+            Signal::Interrupt,
+            Signal::Quit,
+            Signal::Terminate,
+        ]
+        .into_iter()
+        .find(|s| s.number() == number)
     }
 }
 
-/// Installs one listener per signal and calls `on_signal` for every delivery: polled by the
-/// host when one runs (no task of lastcall's is then left on the runtime for its teardown),
-/// else a task each. The controller's drop stops them.
+/// The listener of a controller's signals: on unix a thread, `lastcall-signals`, that hears
+/// them however busy or blocked the async runtime is; elsewhere a task waiting for Ctrl+C.
+pub(crate) struct Listener {
+    #[cfg(unix)]
+    handle: signal_hook::iterator::Handle,
+    #[cfg(not(unix))]
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Why a listener could not be installed.
+pub(crate) enum ListenError {
+    /// The handler for this signal could not be installed.
+    Signal(Signal, std::io::Error),
+    /// The listener's thread could not be started.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Thread(std::io::Error),
+}
+
+type OnSignal = std::sync::Arc<dyn Fn(Signal) + Send + Sync>;
+
+impl Listener {
+    /// Stops listening: the thread ends (or the task is aborted). Signals delivered later are
+    /// ignored, as they were by tokio's handlers before: the handler stays installed.
+    pub(crate) fn stop(&self) {
+        #[cfg(unix)]
+        self.handle.close();
+        #[cfg(not(unix))]
+        self.task.abort();
+    }
+}
+
+/// Installs the handlers and starts the thread that calls `on_signal` for every delivery.
+///
+/// The thread is the whole reason signals still start the shutdown when every worker of the
+/// runtime is blocked (a handler in `std::thread::sleep`, a stuck synchronous call): the
+/// trigger, the readiness flip and the hard deadline then need no task to run. `signal-hook`'s
+/// `Signals` shares tokio's handler registry, so tokio's own signal streams in the same process
+/// keep working.
 ///
 /// Registration happens here, synchronously, so a signal that arrives between building the
 /// controller and running it is not lost.
 #[cfg(unix)]
-pub(crate) fn listen(
-    signals: &[Signal],
-    on_signal: std::sync::Arc<dyn Fn(Signal) + Send + Sync>,
-) -> Result<Vec<Listener>, (Signal, std::io::Error)> {
-    use tokio::signal::unix::{signal, SignalKind};
-
-    let mut streams = Vec::with_capacity(signals.len());
-    for &sig in signals {
-        let kind = match sig {
-            Signal::Interrupt => SignalKind::interrupt(),
-            Signal::Terminate => SignalKind::terminate(),
-            Signal::Hangup => SignalKind::hangup(),
-            Signal::Quit => SignalKind::quit(),
-        };
-        streams.push((sig, signal(kind).map_err(|e| (sig, e))?));
-    }
-    let host = crate::host::current();
-    Ok(streams
-        .into_iter()
-        .map(|(sig, stream)| {
-            let mut stream = match &host {
-                Some(host) => match host.listen(sig, stream, on_signal.clone()) {
-                    Ok(id) => return Listener::Hosted(host.clone(), id),
-                    Err(stream) => stream,
-                },
-                None => stream,
-            };
-            let on_signal = on_signal.clone();
-            Listener::Task(tokio::spawn(async move {
-                while stream.recv().await.is_some() {
-                    on_signal(sig);
+pub(crate) fn listen(signals: &[Signal], on_signal: OnSignal) -> Result<Listener, ListenError> {
+    let numbers: Vec<i32> = signals.iter().map(|s| s.number()).collect();
+    // It fails only for the signals that cannot be handled (SIGKILL, SIGSEGV...), none of
+    // which a `Signal` names; the first is named should the system refuse anyway.
+    let mut delivered = signal_hook::iterator::Signals::new(&numbers)
+        .map_err(|e| ListenError::Signal(signals[0], e))?;
+    let handle = delivered.handle();
+    std::thread::Builder::new()
+        .name("lastcall-signals".into())
+        .spawn(move || {
+            // Ends when the controller closes the handle.
+            for number in delivered.forever() {
+                if let Some(signal) = Signal::from_number(number) {
+                    on_signal(signal);
                 }
-            }))
+            }
         })
-        .collect())
+        .map_err(ListenError::Thread)?;
+    Ok(Listener { handle })
 }
 
 /// Installs the Ctrl+C listener, the only signal outside unix.
 #[cfg(not(unix))]
-pub(crate) fn listen(
-    signals: &[Signal],
-    on_signal: std::sync::Arc<dyn Fn(Signal) + Send + Sync>,
-) -> Result<Vec<Listener>, (Signal, std::io::Error)> {
+pub(crate) fn listen(signals: &[Signal], on_signal: OnSignal) -> Result<Listener, ListenError> {
     if let Some(&sig) = signals.iter().find(|s| **s != Signal::Interrupt) {
-        return Err((
+        return Err(ListenError::Signal(
             sig,
             std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -175,15 +187,11 @@ pub(crate) fn listen(
             ),
         ));
     }
-    Ok(signals
-        .iter()
-        .map(|_| {
-            let on_signal = on_signal.clone();
-            Listener::Task(tokio::spawn(async move {
-                while tokio::signal::ctrl_c().await.is_ok() {
-                    on_signal(Signal::Interrupt);
-                }
-            }))
-        })
-        .collect())
+    Ok(Listener {
+        task: tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                on_signal(Signal::Interrupt);
+            }
+        }),
+    })
 }

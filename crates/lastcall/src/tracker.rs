@@ -28,15 +28,13 @@ use crate::future::Idle;
 /// The tracker sits on every request's path. Its state is split into cache-line-aligned
 /// shards, one chosen per thread, so cores entering and leaving work at the same time do not
 /// fight over one cache line. A guard points at its shard without a reference count (shard
-/// sets are recycled, never freed, see below), and its start time is a cached clock value, so
-/// creating and dropping a guard costs two uncontended lock round-trips, a slot written in
-/// place and no clock read: less than `tokio_util::task::TaskTracker`'s counter alone, which
+/// sets are recycled, never freed, see below), and its start time is a coarse clock read (a
+/// few nanoseconds through the vDSO), so creating and dropping a guard costs two uncontended
+/// lock round-trips, a slot written in place and that read: less than `tokio_util::task::TaskTracker`'s counter alone, which
 /// does four atomic operations (see `BENCHMARKS.md`). A guard is two words.
 ///
-/// Ages are exact to about 10 ms, which is what a shutdown report needs: the cached value is
-/// refreshed every 10 ms while guards are being created, and for a second after, by the main
-/// thread under [`runtime::block_on`](crate::runtime::block_on), else by a background thread
-/// named `lastcall-clock`.
+/// Ages are exact to the coarse clock's tick (1 to 4 ms), which is what a shutdown report
+/// needs.
 ///
 /// # Memory
 ///
@@ -195,7 +193,7 @@ struct Shard {
 struct Entry {
     kind: WorkKind,
     label: Label,
-    /// Nanoseconds on the coarse monotonic clock, from [`crate::clock::now`].
+    /// Nanoseconds on the coarse monotonic clock, from [`crate::clock::read`].
     started: u64,
 }
 
@@ -340,7 +338,7 @@ impl Tracker {
         let entry = Entry {
             kind,
             label,
-            started: crate::clock::now(),
+            started: crate::clock::read(),
         };
         let key = lock(&shard.entries).insert(entry);
         WorkGuard { shard, key }

@@ -1,8 +1,10 @@
-//! The hard deadline, enforced outside the async runtime: see [`Watchdog`].
+//! The hard deadline, enforced on a thread of its own until the process is gone: see
+//! [`Watchdog`].
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Instant;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::shutdown::Shared;
 use crate::Exit;
@@ -10,107 +12,115 @@ use crate::Exit;
 /// How many active items the last words list.
 const LISTED: usize = 20;
 
-/// Ends the process at the hard deadline unless disarmed first.
+/// How long the process waits for its last words to be written before it exits without them:
+/// a stalled stderr pipe or a report file nobody reads must not hold the exit.
+pub(crate) const LAST_WORDS_WAIT: Duration = Duration::from_millis(30);
+
+/// Ends the process at the end of the budget, unless disarmed first.
 ///
-/// It waits outside the async runtime, so a runtime blocked by a handler calling
-/// `std::thread::sleep` (or spinning, or stuck in a blocking call) is still ended on time: on
-/// the main thread when [`runtime::block_on`](crate::runtime::block_on) hosts it (see the
-/// `host` module), else on a thread of its own. Before exiting it writes what was still active
-/// to stderr, so the forced exit is never silent. Dropping the `Watchdog` disarms it.
+/// One OS thread per controller, `lastcall-watchdog`, started when the controller is built (so
+/// a failure to start it is a start-up error, not a surprise at shutdown) and parked until the
+/// shutdown is triggered. It waits outside the async runtime, so a runtime blocked by a
+/// handler calling `std::thread::sleep` (or spinning, or stuck in a blocking call) is still
+/// ended on time, and it stays armed after [`Controller::run`](crate::Controller::run) has
+/// returned: whatever runs after the flow (code after `run`, a runtime's drop waiting for a
+/// blocking task) cannot outlive the budget. Only
+/// [`Builder::continue_after_run`](crate::Builder::continue_after_run) disarms it when the
+/// flow ends.
+///
+/// When it fires, a helper thread says what was still running (stderr, the log, the report
+/// file) while the watchdog waits at most [`LAST_WORDS_WAIT`] for it, then exits with
+/// [`Exit::HardDeadline`].
 pub(crate) struct Watchdog {
     arm: Arc<Arm>,
 }
 
+struct Arm {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+enum State {
+    /// Not triggered yet.
+    Idle,
+    /// Ends the process at `deadline`. It holds the shared state so that the last words can
+    /// be said even after every handle of the application's is gone.
+    Armed {
+        deadline: Instant,
+        shared: Arc<Shared>,
+    },
+    /// Disarmed for good, or the controller is gone: the thread ends.
+    Ended,
+}
+
 impl Watchdog {
-    /// Arms the watchdog for `deadline`. Returns `None` (and logs) if neither the host nor a
-    /// thread can watch, in which case the budget is enforced by the async flow alone.
-    pub(crate) fn arm(shared: &Arc<Shared>, deadline: Instant) -> Option<Watchdog> {
+    /// Starts the watchdog's thread, parked until [`Watchdog::arm`].
+    pub(crate) fn start() -> std::io::Result<Watchdog> {
         let arm = Arc::new(Arm {
-            deadline,
-            shared: Arc::downgrade(shared),
-            disarmed: Mutex::new(false),
-            woken: Condvar::new(),
+            state: Mutex::new(State::Idle),
+            changed: Condvar::new(),
         });
-        if crate::host::current().is_some_and(|host| host.watch(&arm)) {
-            return Some(Watchdog { arm });
+        let watched = arm.clone();
+        std::thread::Builder::new()
+            .name("lastcall-watchdog".into())
+            .spawn(move || watched.watch())?;
+        Ok(Watchdog { arm })
+    }
+
+    /// Ends the process at `deadline`, unless [`Watchdog::disarm`] comes first. Once only: a
+    /// watchdog that is armed or ended stays so.
+    pub(crate) fn arm(&self, shared: Arc<Shared>, deadline: Instant) {
+        let mut state = self.arm.lock();
+        if matches!(*state, State::Idle) {
+            *state = State::Armed { deadline, shared };
+            self.arm.changed.notify_all();
         }
-        match arm.clone().spawn() {
-            Ok(()) => Some(Watchdog { arm }),
-            Err(error) => {
-                tracing::error!(%error, "cannot start the watchdog thread; the hard deadline is not enforced");
-                None
-            }
-        }
+    }
+
+    /// Disarms it for good; its thread ends.
+    pub(crate) fn disarm(&self) {
+        let ended = std::mem::replace(&mut *self.arm.lock(), State::Ended);
+        self.arm.changed.notify_all();
+        // The shared state is dropped outside the lock: it may be the last reference, and
+        // dropping it drops this watchdog, which takes the lock.
+        drop(ended);
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        self.arm.disarm();
+        self.disarm();
     }
-}
-
-/// One armed deadline, watched by the host or by a thread of its own.
-pub(crate) struct Arm {
-    deadline: Instant,
-    /// Weak: a process that goes on after its shutdown keeps nothing alive through this.
-    shared: Weak<Shared>,
-    disarmed: Mutex<bool>,
-    /// Wakes a watching thread when disarmed.
-    woken: Condvar,
 }
 
 impl Arm {
-    pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    pub(crate) fn is_disarmed(&self) -> bool {
-        *self.lock()
-    }
-
-    /// Ends the process: the deadline has passed.
-    pub(crate) fn fire(&self) {
-        if let Some(shared) = self.shared.upgrade() {
-            hard_exit(&shared);
-        }
-    }
-
-    fn disarm(&self) {
-        *self.lock() = true;
-        self.woken.notify_all();
-    }
-
-    /// Watches on a thread of its own, `lastcall-watchdog`, which ends when disarmed.
-    pub(crate) fn spawn(self: Arc<Arm>) -> std::io::Result<()> {
-        std::thread::Builder::new()
-            .name("lastcall-watchdog".into())
-            .spawn(move || self.watch())
-            .map(drop)
-    }
-
     fn watch(&self) {
-        let mut disarmed = self.lock();
+        let mut state = self.lock();
         loop {
-            if *disarmed {
-                return;
-            }
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                drop(disarmed);
-                self.fire();
-                return;
-            }
-            disarmed = self
-                .woken
-                .wait_timeout(disarmed, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = match &*state {
+                State::Ended => return,
+                State::Idle => self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                State::Armed { deadline, shared } => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        let shared = shared.clone();
+                        drop(state);
+                        hard_exit(shared);
+                    }
+                    self.changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, bool> {
-        self.disarmed.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -121,41 +131,83 @@ impl std::fmt::Debug for Watchdog {
 }
 
 /// Ends the process at the hard deadline, after saying what was still running.
-fn hard_exit(shared: &Shared) -> ! {
+fn hard_exit(shared: Arc<Shared>) -> ! {
     let budget = shared.plan.budget().total;
-    last_words(
-        shared,
-        Exit::HardDeadline,
-        &format!("the {}ms budget ran out", budget.as_millis()),
-    )
+    let why = format!("the {}ms budget ran out", budget.as_millis());
+    exit_with_last_words(shared, Exit::HardDeadline, why)
 }
 
 /// Ends the process because a repeated interrupt asked for it.
-pub(crate) fn forced_exit(shared: &Shared) -> ! {
-    last_words(shared, Exit::Forced, "a repeated interrupt forced the exit")
+pub(crate) fn forced_exit(shared: Arc<Shared>) -> ! {
+    exit_with_last_words(
+        shared,
+        Exit::Forced,
+        "a repeated interrupt forced the exit".into(),
+    )
 }
 
-fn last_words(shared: &Shared, exit: Exit, why: &str) -> ! {
+/// Says why the process ends and what was still running, from a helper thread, then exits
+/// with `exit`'s status after at most [`LAST_WORDS_WAIT`], said or not.
+///
+/// Everything that can block is on the helper: the tracker's and the step's locks, the
+/// `tracing` subscriber (its writer may block on a full pipe), stderr, the report file. The
+/// calling thread only waits on a channel with a timeout.
+fn exit_with_last_words(shared: Arc<Shared>, exit: Exit, why: String) -> ! {
+    let (said, words_said) = mpsc::channel();
+    let helper = std::thread::Builder::new()
+        .name("lastcall-last-words".into())
+        .spawn(move || {
+            say_last_words(&shared, exit, &why);
+            let _ = said.send(());
+        });
+    if helper.is_ok() {
+        // Said, timed out or the helper died: the exit goes ahead in every case.
+        let _ = words_said.recv_timeout(LAST_WORDS_WAIT);
+    }
+    // `process::exit` skips destructors and other threads. What it still does is flush a
+    // partly written stdout line; see the README's "What the deadline cannot bound".
+    std::process::exit(i32::from(exit.code()))
+}
+
+fn say_last_words(shared: &Shared, exit: Exit, why: &str) {
     let phase = shared.phase();
     let active = shared.tracker.active().keep_oldest(LISTED);
     let step = shared
         .current_step()
         .map(|(p, name)| format!("; step {name:?} ({p}) was running"))
         .unwrap_or_default();
+    let after_flow = if phase == crate::Phase::Exit {
+        let tasks = shared
+            .runtime
+            .as_ref()
+            .map(|r| {
+                format!(
+                    "{} tasks alive on the runtime; ",
+                    r.metrics().num_alive_tasks()
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            " after the shutdown flow had finished ({tasks}what runs after Controller::run, such \
+             as a spawn_blocking task the runtime's drop waits for or a thread that was not \
+             joined, is not tracked and cannot be named)"
+        )
+    } else {
+        String::new()
+    };
+    // Written straight to stderr first: a buffered or asynchronous log writer may never get to
+    // run again, and these are the process's last words.
+    let line = format!(
+        "lastcall: {why} during {phase}{after_flow}{step}; {active}; exiting with status {}\n",
+        exit.code()
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    shared.write_report_file(&line);
     tracing::error!(
         target: "lastcall::watchdog",
         exit_code = exit.code(),
         phase = %phase,
         active = %active,
-        "{why}; exiting"
+        "{why}{after_flow}; exiting"
     );
-    // Written straight to stderr as well: a buffered or asynchronous log writer may never get
-    // to run again, and these are the process's last words.
-    let line = format!(
-        "lastcall: {why} during {phase}{step}; {active}; exiting with status {}\n",
-        exit.code()
-    );
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    shared.write_report_file(&line);
-    std::process::exit(i32::from(exit.code()))
 }

@@ -5,6 +5,7 @@ use lastcall::{Controller, ForceExit, Phase, Signal};
 
 fn build_with(vars: &[(&str, &str)]) -> Result<Controller, ConfigError> {
     Controller::builder()
+        .continue_after_run()
         .env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .build()
 }
@@ -12,6 +13,7 @@ fn build_with(vars: &[(&str, &str)]) -> Result<Controller, ConfigError> {
 #[tokio::test]
 async fn environment_overrides_code_and_accepts_human_durations() {
     let controller = Controller::builder()
+        .continue_after_run()
         .budget(Duration::from_secs(60))
         .drain_delay(Duration::from_secs(1))
         .env_vars([
@@ -58,6 +60,7 @@ async fn zero_budget_is_rejected_and_says_where_it_came_from() {
     assert!(err.to_string().contains("greater than zero"), "{err}");
 
     let err = Controller::builder()
+        .continue_after_run()
         .ignore_env()
         .close_timeout(Duration::ZERO)
         .build()
@@ -101,6 +104,7 @@ async fn unknown_variable_is_rejected_with_a_suggestion() {
 async fn allowed_and_tool_variables_are_not_rejected() {
     build_with(&[("LASTCALL_REQUIRE_SERVICES", "1")]).expect("the test-suite variable is known");
     Controller::builder()
+        .continue_after_run()
         .env_vars([("LASTCALL_DEMO_DB", "/tmp/x.db")])
         .allow_env("LASTCALL_DEMO_DB")
         .build()
@@ -169,7 +173,11 @@ async fn close_reserve_must_leave_room_for_the_report() {
 
 #[test]
 fn building_outside_a_runtime_is_an_error_not_a_panic() {
-    let err = Controller::builder().ignore_env().build().unwrap_err();
+    let err = Controller::builder()
+        .continue_after_run()
+        .ignore_env()
+        .build()
+        .unwrap_err();
     assert!(matches!(err, ConfigError::NoRuntime));
     assert_eq!(lastcall::Exit::Config.code(), 78);
 }

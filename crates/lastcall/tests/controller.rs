@@ -12,6 +12,7 @@ fn secs(n: u64) -> Duration {
 
 fn controller() -> Controller {
     Controller::builder()
+        .continue_after_run()
         .ignore_env()
         .budget(secs(30))
         .build()
@@ -62,6 +63,7 @@ async fn phases_are_reached_in_order_exactly_once() {
 #[tokio::test(start_paused = true)]
 async fn readiness_flips_at_the_trigger_but_stop_accepting_waits_for_the_drain_delay() {
     let controller = Controller::builder()
+        .continue_after_run()
         .ignore_env()
         .drain_delay(secs(5))
         .build()

@@ -159,8 +159,12 @@ async fn status_of(channel: Channel, service: &str) -> ServingStatus {
 
 #[tokio::test]
 async fn health_says_not_serving_from_the_trigger_while_rpcs_are_still_served() {
-    let (server, health) =
-        start(Controller::builder().drain_delay(Duration::from_millis(600))).await;
+    let (server, health) = start(
+        Controller::builder()
+            .continue_after_run()
+            .drain_delay(Duration::from_millis(600)),
+    )
+    .await;
     let channel = channel(server.addr).await;
     // Ready: the overall status and the service set serving say SERVING.
     assert_eq!(status_of(channel.clone(), "").await, ServingStatus::Serving);
@@ -220,7 +224,7 @@ async fn health_says_not_serving_from_the_trigger_while_rpcs_are_still_served() 
 
 #[tokio::test]
 async fn a_unary_rpc_in_flight_completes_and_a_server_stream_ends_with_a_status() {
-    let (server, _health) = start(Controller::builder()).await;
+    let (server, _health) = start(Controller::builder().continue_after_run()).await;
     let channel = channel(server.addr).await;
 
     let mut client = tonic::client::Grpc::new(channel.clone());
@@ -280,6 +284,7 @@ async fn a_unary_rpc_in_flight_completes_and_a_server_stream_ends_with_a_status(
 async fn a_unary_rpc_that_never_completes_is_cut_at_the_deadline_and_named() {
     let (server, _health) = start(
         Controller::builder()
+            .continue_after_run()
             .budget(Duration::from_millis(1500))
             .drain_delay(Duration::ZERO)
             .stop_timeout(Duration::from_millis(100))

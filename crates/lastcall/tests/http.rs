@@ -220,7 +220,12 @@ async fn assert_closed_cleanly(stream: &mut (impl tokio::io::AsyncRead + Unpin))
 
 #[tokio::test]
 async fn a_slow_request_in_flight_at_the_signal_completes_with_connection_close() {
-    let server = start(Controller::builder().budget(Duration::from_secs(10))).await;
+    let server = start(
+        Controller::builder()
+            .continue_after_run()
+            .budget(Duration::from_secs(10)),
+    )
+    .await;
     let mut client = TcpStream::connect(server.addr).await.unwrap();
     send(&mut client, "/reports/slow?ms=400").await;
     // Wait until the request is in flight.
@@ -239,7 +244,12 @@ async fn a_slow_request_in_flight_at_the_signal_completes_with_connection_close(
 
 #[tokio::test]
 async fn a_request_body_left_unread_does_not_turn_the_close_into_a_reset() {
-    let server = start(Controller::builder().budget(Duration::from_secs(10))).await;
+    let server = start(
+        Controller::builder()
+            .continue_after_run()
+            .budget(Duration::from_secs(10)),
+    )
+    .await;
     let mut client = TcpStream::connect(server.addr).await.unwrap();
     // An upload the handler never reads: the server answers with `Connection: close` while
     // the body sits unread in its socket. Closing the socket then would make the kernel send
@@ -274,7 +284,12 @@ async fn a_request_body_left_unread_does_not_turn_the_close_into_a_reset() {
 
 #[tokio::test]
 async fn requests_during_the_drain_delay_are_served_while_readiness_says_503() {
-    let server = start(Controller::builder().drain_delay(Duration::from_millis(800))).await;
+    let server = start(
+        Controller::builder()
+            .continue_after_run()
+            .drain_delay(Duration::from_millis(800)),
+    )
+    .await;
     assert_eq!(fetch(server.addr, "/health/ready").await.status, 200);
     let mut reused = TcpStream::connect(server.addr).await.unwrap();
     send(&mut reused, "/orders/1").await;
@@ -323,7 +338,7 @@ async fn requests_during_the_drain_delay_are_served_while_readiness_says_503() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_with_fin_and_new_ones_refused() {
-    let server = start(Controller::builder()).await;
+    let server = start(Controller::builder().continue_after_run()).await;
     let mut idle = Vec::new();
     for i in 0..200 {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -348,6 +363,7 @@ async fn idle_keep_alive_connections_are_closed_with_fin_and_new_ones_refused() 
 async fn a_request_that_never_completes_is_cut_at_the_deadline_and_named() {
     let server = start(
         Controller::builder()
+            .continue_after_run()
             .budget(Duration::from_secs(2))
             .flush_timeout(Duration::from_millis(200))
             .close_timeout(Duration::from_millis(300)),
@@ -376,7 +392,7 @@ async fn a_request_that_never_completes_is_cut_at_the_deadline_and_named() {
 
 #[tokio::test]
 async fn an_sse_client_gets_a_final_event_and_a_clean_end() {
-    let server = start(Controller::builder()).await;
+    let server = start(Controller::builder().continue_after_run()).await;
     let mut client = TcpStream::connect(server.addr).await.unwrap();
     send(&mut client, "/events").await;
     // The head and the first ticks.
@@ -420,7 +436,11 @@ async fn an_sse_client_gets_a_final_event_and_a_clean_end() {
 
 #[tokio::test]
 async fn the_reject_policy_answers_503_with_retry_after_and_counts_it() {
-    let controller = Controller::builder().ignore_env().build().unwrap();
+    let controller = Controller::builder()
+        .continue_after_run()
+        .ignore_env()
+        .build()
+        .unwrap();
     let shutdown = controller.shutdown();
     let service = DrainLayer::new(shutdown.clone())
         .policy(DrainPolicy::Reject {
@@ -475,7 +495,7 @@ async fn an_http2_client_sees_goaway_and_its_in_flight_stream_completes() {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let server = start(Controller::builder()).await;
+    let server = start(Controller::builder().continue_after_run()).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -521,7 +541,7 @@ async fn a_websocket_client_gets_close_1001_and_the_server_exits_clean() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::Message;
 
-    let server = start(Controller::builder()).await;
+    let server = start(Controller::builder().continue_after_run()).await;
     let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
         .await
         .unwrap();
@@ -559,7 +579,7 @@ async fn a_client_trickling_its_request_head_is_disconnected_by_the_header_read_
     let config = ServeConfig::default()
         .header_read_timeout(Duration::from_millis(400))
         .idle_timeout(Duration::from_secs(60));
-    let server = start_with(Controller::builder(), config).await;
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     // A keep-alive connection whose requests are prompt is not affected, however long it lives.
     let mut prompt = TcpStream::connect(server.addr).await.unwrap();
@@ -603,7 +623,12 @@ async fn a_client_trickling_its_request_head_is_disconnected_by_the_header_read_
 
 #[tokio::test]
 async fn a_request_sent_on_a_connection_opened_just_before_stop_accepting_is_served() {
-    let server = start(Controller::builder().drain_delay(Duration::ZERO)).await;
+    let server = start(
+        Controller::builder()
+            .continue_after_run()
+            .drain_delay(Duration::ZERO),
+    )
+    .await;
     // Connected and accepted, request not sent yet: a balancer's fresh upstream connection.
     let mut fresh = TcpStream::connect(server.addr).await.unwrap();
     while server.shutdown.tracker().active().by_kind.connection == 0 {
@@ -629,7 +654,13 @@ async fn a_request_sent_on_a_connection_opened_just_before_stop_accepting_is_ser
 #[tokio::test]
 async fn with_an_idle_close_delay_the_next_request_on_an_idle_connection_is_answered() {
     let config = ServeConfig::default().idle_close_delay(Duration::from_secs(2));
-    let server = start_with(Controller::builder().drain_delay(Duration::ZERO), config).await;
+    let server = start_with(
+        Controller::builder()
+            .continue_after_run()
+            .drain_delay(Duration::ZERO),
+        config,
+    )
+    .await;
     // A balancer's pooled connection: one request served, then idle at the stop.
     let mut pooled = TcpStream::connect(server.addr).await.unwrap();
     send(&mut pooled, "/orders/1").await;
@@ -656,7 +687,7 @@ async fn with_an_idle_close_delay_the_next_request_on_an_idle_connection_is_answ
 #[tokio::test]
 async fn silent_and_idle_clients_are_disconnected_by_the_idle_timeout() {
     let config = ServeConfig::default().idle_timeout(Duration::from_millis(300));
-    let server = start_with(Controller::builder(), config).await;
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
     // Connected, never says a word.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     // One request, then an idle keep-alive connection.
@@ -677,7 +708,11 @@ async fn silent_and_idle_clients_are_disconnected_by_the_idle_timeout() {
 
 #[tokio::test]
 async fn connections_waiting_in_the_accept_backlog_are_served_not_reset() {
-    let controller = Controller::builder().ignore_env().build().unwrap();
+    let controller = Controller::builder()
+        .continue_after_run()
+        .ignore_env()
+        .build()
+        .unwrap();
     let shutdown = controller.shutdown();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -177,6 +177,7 @@ async fn the_flush_step_ships_buffered_spans_app_metrics_and_the_shutdown_figure
         .add(3, &[]);
 
     let controller = Controller::builder()
+        .continue_after_run()
         .ignore_env()
         .drain_delay(Duration::from_millis(50))
         .build()
@@ -230,6 +231,7 @@ async fn work_cut_at_the_deadline_is_in_the_shipped_figures() {
     let (addr, received) = receiver().await;
     let (_, meter_provider) = providers(addr, Duration::from_secs(5)).await;
     let controller = Controller::builder()
+        .continue_after_run()
         .ignore_env()
         .budget(Duration::from_secs(3))
         .drain_delay(Duration::ZERO)
@@ -270,6 +272,7 @@ async fn a_hung_exporter_is_cut_at_the_step_timeout_and_the_close_steps_still_ru
         .in_span("handled order", |_| {});
 
     let controller = Controller::builder()
+        .continue_after_run()
         .ignore_env()
         .drain_delay(Duration::ZERO)
         .build()

@@ -19,6 +19,8 @@ struct Fixture {
     lines: Receiver<String>,
     stdout: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// The read end of a stderr pipe nobody reads, held open so that writers block.
+    _unread: Option<std::process::ChildStderr>,
 }
 
 struct Ended {
@@ -46,6 +48,18 @@ fn fixture_path() -> PathBuf {
 
 impl Fixture {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Fixture {
+        Fixture::start_with(args, env, true)
+    }
+
+    /// Starts the fixture with its stderr a pipe that is never read: once the pipe's buffer
+    /// is full, every write to stderr blocks, as under Docker's blocking log mode.
+    fn ready_with_unread_stderr(args: &[&str], env: &[(&str, &str)]) -> Fixture {
+        let mut fixture = Fixture::start_with(args, env, false);
+        fixture.wait_for("ready");
+        fixture
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)], read_stderr: bool) -> Fixture {
         let mut command = Command::new(fixture_path());
         command
             .args(args)
@@ -70,6 +84,15 @@ impl Fixture {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("piped stderr");
+        if !read_stderr {
+            return Fixture {
+                child,
+                lines,
+                stdout: Vec::new(),
+                stderr,
+                _unread: Some(err),
+            };
+        }
         let sink = stderr.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -87,6 +110,7 @@ impl Fixture {
             lines,
             stdout: Vec::new(),
             stderr,
+            _unread: None,
         }
     }
 
@@ -185,8 +209,7 @@ fn a_second_sigterm_and_a_sigint_during_the_drain_neither_restart_nor_kill_the_f
 }
 
 #[test]
-fn on_a_multi_thread_runtime_the_main_thread_hears_the_signals() {
-    // Under `runtime::block_on` the signal listeners are polled by the main thread.
+fn on_a_multi_thread_runtime_the_signal_thread_hears_the_signals() {
     later_signals_are_recorded(&[("FIXTURE_WORKERS", "2")]);
     repeated_interrupt_forces_exit(&[("FIXTURE_WORKERS", "2")]);
 }
@@ -376,14 +399,12 @@ fn failing_and_panicking_close_steps_give_the_cleanup_failed_code() {
 
 #[test]
 fn a_blocked_runtime_is_still_ended_by_the_hard_deadline() {
-    // A current-thread runtime: the watchdog is a thread of its own.
     blocked_runtime_is_ended_at_the_deadline(None);
 }
 
 #[test]
-fn a_blocked_multi_thread_runtime_is_ended_by_the_main_thread_at_the_hard_deadline() {
-    // One worker, blocked: `runtime::block_on` runs `main` as a task and the main thread
-    // enforces the deadline.
+fn a_blocked_multi_thread_runtime_is_ended_at_the_hard_deadline() {
+    // One worker, blocked, and `main` waiting on it.
     blocked_runtime_is_ended_at_the_deadline(Some("1"));
 }
 
@@ -454,8 +475,8 @@ fn threads_at_exit(ended: &Ended) -> Vec<String> {
         .collect()
 }
 
-/// The fixture's `ages` line says a guard taken 300 ms after another is young: the cached
-/// clock was refreshed in between (a stale one would make it about 300 ms old).
+/// The fixture's `ages` line says a guard taken 300 ms after another is young: its start time
+/// was read then (a stale clock would make it about 300 ms old).
 fn assert_fresh_clock(ended: &Ended) {
     let age: u128 = ended
         .stdout
@@ -469,34 +490,32 @@ fn assert_fresh_clock(ended: &Ended) {
 
 #[test]
 #[cfg(target_os = "linux")]
-fn under_runtime_block_on_no_lastcall_thread_is_left_for_the_exit_to_end() {
-    // Every thread alive at exit lengthens it. Guards (which read the cached clock) and a
-    // shutdown (which arms the watchdog) would each start a thread; on a multi-thread runtime
-    // `block_on` hosts both on the main thread instead, and the clock stays fresh.
-    let fixture = Fixture::ready(&["ages"], &[("FIXTURE_WORKERS", "2")]);
-    fixture.signal(NixSignal::SIGTERM);
-    let ended = fixture.wait();
-    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
-    assert_fresh_clock(&ended);
-    let threads = threads_at_exit(&ended);
-    assert_eq!(
-        threads.iter().filter(|t| *t == "tokio-rt-worker").count(),
-        2,
-        "{threads:?}"
-    );
-    assert!(
-        !threads.iter().any(|t| t.starts_with("lastcall-")),
-        "{threads:?}"
-    );
-
-    // The same service on a current-thread runtime has its own clock thread.
-    let fixture = Fixture::ready(&["ages"], &[]);
-    fixture.signal(NixSignal::SIGTERM);
-    let ended = fixture.wait();
-    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
-    assert_fresh_clock(&ended);
-    let threads = threads_at_exit(&ended);
-    assert!(threads.iter().any(|t| t == "lastcall-clock"), "{threads:?}");
+fn after_the_flow_the_watchdog_is_the_thread_of_lastcall_left() {
+    // On both runtime flavours: the signal listener ended with the controller, the watchdog
+    // holds the deadline until the exit, and work ages are exact without a thread refreshing
+    // a cached clock.
+    for env in [&[("FIXTURE_WORKERS", "2")][..], &[]] {
+        let fixture = Fixture::ready(&["ages"], env);
+        fixture.signal(NixSignal::SIGTERM);
+        let ended = fixture.wait();
+        assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+        assert_fresh_clock(&ended);
+        let ours: Vec<String> = threads_at_exit(&ended)
+            .into_iter()
+            .filter(|t| t.starts_with("lastcall-"))
+            .collect();
+        // Linux keeps the first 15 bytes of a thread's name. The signal thread was told to
+        // end with the controller and may still be on its way out.
+        assert!(
+            ours.iter().any(|t| t == "lastcall-watchd"),
+            "{env:?}: {ours:?}"
+        );
+        assert!(
+            ours.iter()
+                .all(|t| t == "lastcall-watchd" || t == "lastcall-signal"),
+            "{env:?}: {ours:?}"
+        );
+    }
 }
 
 #[test]
@@ -572,7 +591,7 @@ fn bad_configuration_is_rejected_at_startup_with_exit_78() {
         (&[("LASTCALL_BUDGET", "0s")], "LASTCALL_BUDGET is zero"),
         (
             &[("LASTCALL_BUDGET", "5s"), ("LASTCALL_DRAIN_DELAY", "10s")],
-            "raise the budget above 18s",
+            "raise the budget above 11s 332ms",
         ),
         (
             &[("LASTCALL_DRAIN_DELAYS", "1s")],
@@ -588,7 +607,7 @@ fn bad_configuration_is_rejected_at_startup_with_exit_78() {
         ),
         (
             &[("LASTCALL_CLOSE_TIMEOUT", "10ms")],
-            "it must be more than 50ms",
+            "it must be at least 100ms",
         ),
         (
             &[("LASTCALL_REPORT_FILE", "/nonexistent-dir/termination-log")],
@@ -727,6 +746,204 @@ fn an_unusable_notify_socket_is_rejected_at_startup() {
         ended
             .stderr
             .contains("cannot send to NOTIFY_SOCKET=\"/nonexistent/lastcall/notify.sock\""),
+        "{}",
+        ended.stderr
+    );
+}
+
+/// Signals the fixture and waits for its end; returns how long it took.
+fn terminate_and_time(fixture: Fixture) -> (Ended, Duration) {
+    let signalled = Instant::now();
+    fixture.signal(NixSignal::SIGTERM);
+    let ended = fixture.wait();
+    (ended, signalled.elapsed())
+}
+
+/// The process ended with status 5 at the end of `budget`: not before it, and well before
+/// anything else would have ended it (the fixtures here would otherwise live for minutes).
+fn assert_ended_by_the_deadline(ended: &Ended, elapsed: Duration, budget: Duration) {
+    assert_eq!(
+        ended.code(),
+        Some(i32::from(Exit::HardDeadline.code())),
+        "after {elapsed:?}; stdout: {:?}; stderr:\n{}",
+        ended.stdout,
+        ended.stderr
+    );
+    assert!(elapsed >= budget, "not before the deadline: {elapsed:?}");
+    assert!(
+        elapsed < budget + Duration::from_secs(3),
+        "soon after it: {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_server_awaited_after_run_cannot_outlive_the_budget() {
+    // The README's axum shape: `controller.run().await`, then `server.await`, which waits for
+    // a request that never ends. The flow cuts it and returns, and the deadline still holds.
+    let budget = Duration::from_secs(2);
+    let mut fixture = Fixture::ready(&["serve-after-run"], &[("LASTCALL_BUDGET", "2s")]);
+    let port = fixture
+        .stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("listening "))
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("the fixture prints its port");
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    std::io::Write::write_all(&mut client, b"GET /hang HTTP/1.1\r\nHost: fixture\r\n\r\n")
+        .expect("send the request");
+    fixture.wait_for("hang started");
+    let (ended, elapsed) = terminate_and_time(fixture);
+    assert_ended_by_the_deadline(&ended, elapsed, budget);
+    assert!(
+        ended
+            .stderr
+            .contains("after the shutdown flow had finished"),
+        "{}",
+        ended.stderr
+    );
+    assert!(
+        ended.stderr.contains("GET /hang"),
+        "names the request: {}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn under_tokio_main_a_stuck_blocking_task_cannot_outlive_the_budget() {
+    // `#[tokio::main]` drops its runtime, which waits for the blocking task with no limit.
+    let budget = Duration::from_secs(2);
+    let fixture = Fixture::ready(
+        &["blocking-leftover"],
+        &[("FIXTURE_TOKIO_MAIN", "1"), ("LASTCALL_BUDGET", "2s")],
+    );
+    let (ended, elapsed) = terminate_and_time(fixture);
+    assert_ended_by_the_deadline(&ended, elapsed, budget);
+    assert_eq!(
+        ended.report().exit,
+        Exit::Clean,
+        "the flow itself was clean"
+    );
+    assert!(
+        ended.stderr.contains("spawn_blocking") && ended.stderr.contains("cannot be named"),
+        "says honestly what it cannot name: {}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn a_stalled_stderr_cannot_hold_the_exit_of_a_blocked_runtime() {
+    // Every write to stderr blocks (a full pipe nobody reads): the flow's logs, the watchdog's
+    // last words. The deadline waits for its last words only briefly.
+    let budget = Duration::from_secs(1);
+    let fixture =
+        Fixture::ready_with_unread_stderr(&["block", "fill-stderr"], &[("LASTCALL_BUDGET", "1s")]);
+    let (ended, elapsed) = terminate_and_time(fixture);
+    assert_ended_by_the_deadline(&ended, elapsed, budget);
+}
+
+#[test]
+fn a_report_file_swapped_for_a_fifo_cannot_hold_the_exit() {
+    // Accepted at start-up as a regular file, then replaced by a FIFO nobody reads: writing
+    // the last words there must not block the exit.
+    let budget = Duration::from_secs(1);
+    let path = std::env::temp_dir().join(format!("lastcall-fifo-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let shown = path.display().to_string();
+    let fixture = Fixture::ready(
+        &["block"],
+        &[("LASTCALL_BUDGET", "1s"), ("LASTCALL_REPORT_FILE", &shown)],
+    );
+    std::fs::remove_file(&path).expect("the builder created the report file");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let (ended, elapsed) = terminate_and_time(fixture);
+    let _ = std::fs::remove_file(&path);
+    assert_ended_by_the_deadline(&ended, elapsed, budget);
+    assert!(
+        ended.stderr.contains("the 1000ms budget ran out"),
+        "the last words still reach stderr: {}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn a_report_file_that_is_not_a_regular_file_or_holds_other_data_is_refused_at_startup() {
+    let dir = std::env::temp_dir();
+    let fifo = dir.join(format!("lastcall-refused-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let database = dir.join(format!("lastcall-refused-db-{}", std::process::id()));
+    std::fs::write(&database, b"SQLite format 3\0rest of a database").unwrap();
+    for (path, problem) in [
+        (&fifo, "not a regular file"),
+        (&database, "does not hold an earlier report"),
+    ] {
+        let shown = path.display().to_string();
+        let ended = Fixture::start(&[], &[("LASTCALL_REPORT_FILE", &shown)]).wait();
+        assert_eq!(ended.code(), Some(78), "{shown}: stderr:\n{}", ended.stderr);
+        assert!(ended.stderr.contains(problem), "{}", ended.stderr);
+    }
+    let kept = std::fs::read(&database).unwrap();
+    let _ = std::fs::remove_file(&fifo);
+    let _ = std::fs::remove_file(&database);
+    assert!(
+        kept.starts_with(b"SQLite format 3"),
+        "the database is untouched"
+    );
+}
+
+#[test]
+fn a_runtime_blocked_before_the_signal_still_hears_it_and_ends_at_the_deadline() {
+    // The only runtime thread is blocked before SIGTERM arrives: no task can run, so the
+    // signal is heard by lastcall's own thread, which arms the deadline.
+    let budget = Duration::from_secs(1);
+    let mut fixture = Fixture::ready(&["block-now"], &[("LASTCALL_BUDGET", "1s")]);
+    fixture.wait_for("runtime blocked");
+    let (ended, elapsed) = terminate_and_time(fixture);
+    assert_ended_by_the_deadline(&ended, elapsed, budget);
+    assert!(
+        ended.stderr.contains("the 1000ms budget ran out"),
+        "{}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn an_always_ready_future_in_main_cannot_starve_the_deadline() {
+    let budget = Duration::from_secs(1);
+    let fixture = Fixture::ready(
+        &["spin-main"],
+        &[("FIXTURE_WORKERS", "2"), ("LASTCALL_BUDGET", "1s")],
+    );
+    let (ended, elapsed) = terminate_and_time(fixture);
+    assert_ended_by_the_deadline(&ended, elapsed, budget);
+}
+
+#[test]
+fn a_program_that_continues_after_run_is_not_ended_by_the_deadline() {
+    let fixture = Fixture::ready(&["continue-after-run"], &[("LASTCALL_BUDGET", "1s")]);
+    let (ended, elapsed) = terminate_and_time(fixture);
+    assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
+    assert_eq!(
+        ended.count("alive after the budget"),
+        1,
+        "{:?}",
+        ended.stdout
+    );
+    assert!(elapsed > Duration::from_secs(1), "it lived past the budget");
+}
+
+#[test]
+fn with_two_controllers_the_first_deadline_to_pass_ends_the_process() {
+    // The main controller waits 3 s for its job; the second one's 1 s budget passes first.
+    let fixture = Fixture::ready(
+        &["work=3000", "second-controller=1000"],
+        &[("LASTCALL_BUDGET", "10s")],
+    );
+    let (ended, elapsed) = terminate_and_time(fixture);
+    assert_ended_by_the_deadline(&ended, elapsed, Duration::from_secs(1));
+    assert!(
+        ended.stderr.contains("the 1000ms budget ran out")
+            && ended.stderr.contains("second-controller-job"),
         "{}",
         ended.stderr
     );

@@ -55,6 +55,7 @@ fn block_on_runs_again_after_a_first_one_has_returned() {
     for _ in 0..2 {
         let code = block_on(multi_thread(), Teardown::default(), async {
             let controller = lastcall::Controller::builder()
+                .continue_after_run()
                 .drain_delay(Duration::ZERO)
                 .build()
                 .unwrap();

@@ -29,6 +29,7 @@ fn ms(n: u64) -> Duration {
 /// close phase for the hand-back.
 fn controller() -> Controller {
     Controller::builder()
+        .continue_after_run()
         .ignore_env()
         .watchdog(false)
         .budget(ms(4_000))

@@ -339,7 +339,7 @@ async fn connection<S, B>(
         if !timer.is_elapsed() {
             return Poll::Pending;
         }
-        let now = crate::clock::now();
+        let now = crate::clock::read();
         let quiet = Duration::from_nanos(now.saturating_sub(state.last_io.load(Ordering::Relaxed)));
         let next = tick.min(config.idle_timeout.saturating_sub(quiet));
         let mut at = tokio::time::Instant::now() + next.max(Duration::from_millis(10));
@@ -374,7 +374,7 @@ async fn connection<S, B>(
 /// periodic timer compares. A head starts only when no request is in flight: bytes read while
 /// one is (its body, a pipelined request) are not a new head.
 struct ConnState {
-    /// When a byte was last read or written, on the cached clock, for the idle timeout.
+    /// When a byte was last read or written, on the coarse clock, for the idle timeout.
     last_io: AtomicU64,
     /// When the first byte of a request head was read; 0 when no head is being read.
     head_started: AtomicU64,
@@ -389,7 +389,7 @@ struct ConnState {
 impl ConnState {
     fn new() -> ConnState {
         ConnState {
-            last_io: AtomicU64::new(crate::clock::now()),
+            last_io: AtomicU64::new(crate::clock::read()),
             head_started: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -521,7 +521,7 @@ impl Lingering {
     fn touch(&self) {
         self.state
             .last_io
-            .store(crate::clock::now(), Ordering::Relaxed);
+            .store(crate::clock::read(), Ordering::Relaxed);
     }
 
     /// Counts a write that moved bytes as activity, for the idle timeout.
@@ -553,7 +553,7 @@ impl AsyncRead for Lingering {
             Err(e) => Poll::Ready(Err(e)),
         };
         if buf.filled().len() > before {
-            self.state.read(crate::clock::now());
+            self.state.read(crate::clock::read());
         }
         polled
     }
