@@ -2,8 +2,7 @@
 """Time from the last in-flight response to process exit, drain delay 0: lastcall's server
 against a plain axum `with_graceful_shutdown` server, alternating in one run. lastcall's server
 ends its runtime through `lastcall::runtime::block_on`: with the default `Teardown::Wait`
-(which leaves idle workers to the exit when nothing is left to wait for), with
-`Teardown::Join` (always joins them, as dropping a runtime does) and with `Teardown::Detach`;
+(which joins the runtime's threads, as dropping a runtime does) and with `Teardown::Detach`;
 the axum peer drops its runtime as `#[tokio::main]` does.
 
     python3 bench/exit_latency.py [iterations=20]
@@ -43,7 +42,6 @@ def wait_exit(server, pidfd, timeout):
 
 VARIANTS = {
     "lastcall (wait)": ("drain", {"BENCH_TEARDOWN": "wait"}),
-    "lastcall (join)": ("drain", {"BENCH_TEARDOWN": "join"}),
     "lastcall (detach)": ("drain", {"BENCH_TEARDOWN": "detach"}),
     "axum": ("axum", {}),
 }
@@ -93,7 +91,7 @@ def main():
         p90 = ms[int(0.9 * (len(ms) - 1))]
         print(f"{variant:>17}: median {statistics.median(ms):.3f} ms  p90 {p90:.3f} ms  max {ms[-1]:.3f} ms  (n={len(ms)})")
     peer = statistics.median(samples["axum"])
-    for variant in ("lastcall (wait)", "lastcall (join)", "lastcall (detach)"):
+    for variant in ("lastcall (wait)", "lastcall (detach)"):
         print(f"{variant} / axum (medians) = {statistics.median(samples[variant]) / peer:.2f}")
 
 

@@ -2,7 +2,9 @@
 //!
 //! - `drain`: lastcall's stack, `DrainLayer` + `lastcall::http::serve` + the controller;
 //! - `plain`: the same server without the `DrainLayer` (its overhead is the difference);
-//! - `axum`: the peer, `axum::serve(..).with_graceful_shutdown(SIGTERM)`;
+//! - `axum`: the peer, `axum::serve(..).with_graceful_shutdown(SIGTERM)`, with the readiness an
+//!   axum user writes: `GET /health/ready` answers 200 until SIGTERM flips an `AtomicBool`,
+//!   then 503 while the server keeps serving for `BENCH_DRAIN_DELAY` (default 0);
 //! - `axum-orders`: the same peer serving the reference service's `GET /orders/{id}` from a
 //!   SQLite file (`BENCH_DB`, created and seeded like `lastcall demo`'s), the peer of
 //!   `lastcall demo` in `bench/rolling.sh orders`.
@@ -13,6 +15,8 @@
 //! 127.0.0.1:`PORT` (0 picks a port) and prints `listening on ADDR`.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -58,13 +62,12 @@ fn main() -> ExitCode {
         return runtime.block_on(run(mode));
     }
     // lastcall's servers end the runtime through lastcall::runtime::block_on, bounded by
-    // default, always joined with BENCH_TEARDOWN=join, or detached with BENCH_TEARDOWN=detach.
+    // default, or detached with BENCH_TEARDOWN=detach.
     let teardown = match std::env::var("BENCH_TEARDOWN").as_deref() {
         Ok("detach") => Teardown::Detach,
-        Ok("join") => Teardown::Join(Duration::from_millis(500)),
         Ok("wait") | Err(_) => Teardown::default(),
         Ok(other) => {
-            eprintln!("bench-server: BENCH_TEARDOWN={other:?}; use wait, join or detach");
+            eprintln!("bench-server: BENCH_TEARDOWN={other:?}; use wait or detach");
             return ExitCode::from(2);
         }
     };
@@ -119,9 +122,40 @@ async fn run(mode: String) -> ExitCode {
             code
         }
         "axum" => {
+            let delay = match std::env::var("BENCH_DRAIN_DELAY") {
+                Err(_) => Duration::ZERO,
+                Ok(delay) => match humantime::parse_duration(&delay) {
+                    Ok(delay) => delay,
+                    Err(err) => {
+                        eprintln!("bench-server: BENCH_DRAIN_DELAY={delay:?}: {err}; use a duration like 1s");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let ready = Arc::new(AtomicBool::new(true));
+            let app = app().route(
+                "/health/ready",
+                get({
+                    let ready = ready.clone();
+                    move || async move {
+                        if ready.load(Ordering::Acquire) {
+                            (StatusCode::OK, "{\"ready\":true}")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "{\"ready\":false}")
+                        }
+                    }
+                }),
+            );
+            let shutdown = async move {
+                sigterm().await;
+                ready.store(false, Ordering::Release);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            };
             println!("listening on {addr}");
-            match axum::serve(listener, app())
-                .with_graceful_shutdown(sigterm())
+            match axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
                 .await
             {
                 Ok(()) => ExitCode::SUCCESS,
