@@ -154,8 +154,8 @@ async fn service() -> ExitCode {
                 });
             }
             "ages" => {
-                // A guard taken 300 ms after the first one: with the cached clock kept fresh
-                // (by the main thread or the clock thread), it is young.
+                // A guard taken 300 ms after the first one: its start time is read then, so
+                // it is young.
                 let tracker = shutdown.tracker();
                 let first = tracker.job("ages-first");
                 tokio::time::sleep(Duration::from_millis(300)).await;
