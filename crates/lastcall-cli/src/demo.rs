@@ -122,7 +122,13 @@ struct SlowQuery {
     ms: u64,
 }
 
-pub(crate) fn main(args: DemoArgs) -> ExitCode {
+pub(crate) fn main(mut args: DemoArgs) -> ExitCode {
+    // The variables are read here rather than by the flag parser, so that a bad value is a
+    // configuration error naming the variable (exit 78), as for every other setting.
+    if let Err(err) = from_env(&mut args) {
+        eprintln!("lastcall demo: {err}");
+        return lastcall::Exit::Config.into();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -144,6 +150,34 @@ pub(crate) fn main(args: DemoArgs) -> ExitCode {
     lastcall::runtime::block_on(runtime, Teardown::default(), run(args))
 }
 
+/// Fills what the flags left unset from `PORT` and `LASTCALL_DEMO_DB`.
+fn from_env(args: &mut DemoArgs) -> Result<(), String> {
+    if args.port.is_none() {
+        if let Some(value) = std::env::var_os("PORT") {
+            let text = value.to_string_lossy();
+            let port = text.trim().parse::<u16>().map_err(|_| {
+                format!(
+                    "PORT={text:?} is not a port number; set PORT to a number from 0 to 65535 \
+                     (0 picks a free one), or pass --port"
+                )
+            })?;
+            args.port = Some(port);
+        }
+    }
+    if args.db.is_none() {
+        if let Some(value) = std::env::var_os(DB_ENV) {
+            if value.is_empty() {
+                return Err(format!(
+                    "{DB_ENV} is empty; set it to the path of a SQLite file (created on first \
+                     start), or unset it for lastcall-demo.sqlite3 in the temporary directory"
+                ));
+            }
+            args.db = Some(value.into());
+        }
+    }
+    Ok(())
+}
+
 async fn run(args: DemoArgs) -> ExitCode {
     let controller = match Controller::builder().allow_env(DB_ENV).build() {
         Ok(controller) => controller,
@@ -152,7 +186,19 @@ async fn run(args: DemoArgs) -> ExitCode {
             return err.exit_code();
         }
     };
-    let server = match start(&controller, &args).await {
+    let db = args
+        .db
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("lastcall-demo.sqlite3"));
+    let pool = match open(&db).await {
+        Ok(pool) => pool,
+        Err(err) => {
+            // A path that cannot hold the database is a configuration error, like a bad PORT.
+            eprintln!("lastcall demo: {err:#}");
+            return lastcall::Exit::Config.into();
+        }
+    };
+    let server = match start(&controller, &args, &db, pool).await {
         Ok(server) => server,
         Err(err) => {
             eprintln!("lastcall demo: {err:#}");
@@ -166,21 +212,18 @@ async fn run(args: DemoArgs) -> ExitCode {
     report.exit_code()
 }
 
-/// Opens the database, binds the port, registers the close step and starts serving.
+/// Binds the port, registers the close step and starts serving.
 async fn start(
     controller: &Controller,
     args: &DemoArgs,
+    db: &std::path::Path,
+    pool: SqlitePool,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let db = args
-        .db
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("lastcall-demo.sqlite3"));
-    let pool = open(&db).await?;
     // Under systemd: the socket from socket activation, and the notify protocol.
     let listener = match lastcall::systemd::listener()? {
         Some(listener) => listener,
         None => {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port.unwrap_or(3000)));
             std::net::TcpListener::bind(addr).with_context(|| {
                 format!("cannot listen on {addr}; set PORT to a free port (0 picks one)")
             })?

@@ -146,12 +146,13 @@ pub(crate) struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Port to listen on, on 127.0.0.1 (0 picks a free one; the address is printed).
-    #[arg(long, env = "PORT", default_value_t = 3000)]
-    pub(crate) port: u16,
+    /// Port to listen on, on 127.0.0.1 (0 picks a free one; the address is printed)
+    /// [env: PORT] [default: 3000].
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
 
-    /// SQLite database file, created and seeded on first start [default: lastcall-demo.sqlite3
-    /// in the temporary directory].
-    #[arg(long, env = "LASTCALL_DEMO_DB")]
+    /// SQLite database file, created and seeded on first start [env: LASTCALL_DEMO_DB]
+    /// [default: lastcall-demo.sqlite3 in the temporary directory].
+    #[arg(long)]
     pub(crate) db: Option<PathBuf>,
 }

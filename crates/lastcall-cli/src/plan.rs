@@ -179,10 +179,7 @@ fn read(text: &str, args: &PlanArgs, findings: &mut Vec<Finding>) -> Result<Mani
             continue;
         };
         // Names the service accepts without reading them as settings.
-        if key == crate::demo::DB_ENV
-            || Setting::TOOL_VARIABLES.contains(&key)
-            || args.allow_env.iter().any(|name| name == key)
-        {
+        if key == crate::demo::DB_ENV || args.allow_env.iter().any(|name| name == key) {
             continue;
         }
         // The variable names are the library's own (`Setting::env_name`).
@@ -204,10 +201,10 @@ fn read(text: &str, args: &PlanArgs, findings: &mut Vec<Finding>) -> Result<Mani
                     severity: Severity::Warning,
                     check: "env",
                     problem: format!(
-                        "{key} is not a lastcall setting; the service refuses to start unless the application reads it itself"
+                        "{key} is not a lastcall setting; the service ignores it with a warning"
                     ),
                     fix: format!(
-                        "remove it; or, if the application reads it, declare it with Builder::allow_env(\"{key}\") and pass --allow-env {key}"
+                        "remove it if nothing reads it; if the application does, declare it with Builder::allow_env(\"{key}\") and pass --allow-env {key}"
                     ),
                 },
             });

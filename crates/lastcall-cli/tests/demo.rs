@@ -454,3 +454,31 @@ fn under_socket_activation_the_demo_serves_the_connection_that_started_it() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn a_bad_port_or_database_variable_is_a_configuration_error_naming_it() {
+    let dir = std::env::temp_dir();
+    for (key, value, says) in [
+        ("PORT", "eighty", "PORT=\"eighty\" is not a port number"),
+        ("PORT", "70000", "set PORT to a number from 0 to 65535"),
+        ("LASTCALL_DEMO_DB", "", "LASTCALL_DEMO_DB is empty"),
+        (
+            "LASTCALL_DEMO_DB",
+            dir.to_str().unwrap(),
+            "cannot open the database",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+            .arg("demo")
+            .env(key, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{key}={value:?}: {stderr}");
+        assert!(stderr.contains(says), "{key}={value:?}: {stderr}");
+        assert!(
+            !stderr.contains("--port <PORT>"),
+            "names the variable: {stderr}"
+        );
+    }
+}

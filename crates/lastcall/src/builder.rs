@@ -348,23 +348,44 @@ impl Builder {
                     .map(|(k, v)| (k.to_string_lossy().into_owned(), v))
                     .collect(),
             };
-        let mut vars: Vec<_> = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("LASTCALL_"))
-            .collect();
+        let mut vars = vars;
         // Sorted, so the first error reported does not depend on the environment's order.
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut settings = Vec::new();
         for (name, value) in vars {
-            let Some(setting) = Setting::from_env_name(&name) else {
-                if Setting::TOOL_VARIABLES.contains(&name.as_str()) || self.allowed.contains(&name)
-                {
-                    continue;
+            if !name.starts_with("LASTCALL_") {
+                if let Some(meant) = Setting::prefix_near_miss(&name) {
+                    tracing::warn!(
+                        variable = %name,
+                        meant = meant.env_name(),
+                        "{name} is not read: did you mean {}? (names are case-sensitive)",
+                        meant.env_name()
+                    );
                 }
-                return Err(ConfigError::UnknownVariable {
-                    suggestion: Setting::closest(&name).map(Setting::env_name),
-                    name,
-                });
-            };
+                continue;
+            }
+            match Setting::from_env_name(&name) {
+                Some(setting) => settings.push((setting, name, value)),
+                None if self.allowed.contains(&name) => {}
+                // A near miss of a setting is a typo that would silently change nothing.
+                None => match Setting::closest(&name) {
+                    Some(meant) => {
+                        return Err(ConfigError::UnknownVariable {
+                            suggestion: Some(meant.env_name()),
+                            name,
+                        })
+                    }
+                    // Any other name is a neighbour's (a CI's `LASTCALL_SRC`, a tool's own
+                    // variable), not a reason to refuse to start.
+                    None => tracing::warn!(
+                        variable = %name,
+                        "{name} is not a lastcall setting and is ignored; declare it with \
+                         Builder::allow_env if the application reads it"
+                    ),
+                },
+            }
+        }
+        for (setting, name, value) in settings {
             let Some(value) = value.to_str() else {
                 return Err(ConfigError::NotUnicode { name });
             };

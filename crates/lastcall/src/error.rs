@@ -99,7 +99,9 @@ pub enum ConfigError {
         /// The variable's name.
         name: String,
     },
-    /// A `LASTCALL_*` environment variable that no setting reads: most often a typo.
+    /// A `LASTCALL_*` environment variable that no setting reads but that is within three
+    /// edits of one: a typo that would silently change nothing. Other unknown `LASTCALL_*`
+    /// names are only warned about.
     #[error("unknown variable {name}{}; the variables read are {}", suggestion.map(|s| format!(" (did you mean {s}?)")).unwrap_or_default(), Setting::ALL.map(Setting::env_name).join(", "))]
     UnknownVariable {
         /// The variable's name.
@@ -270,10 +272,6 @@ impl Setting {
         }
     }
 
-    /// `LASTCALL_*` variables that belong to lastcall's own tools (its test suite), not to the
-    /// controller: the builder neither reads nor rejects them.
-    pub const TOOL_VARIABLES: [&'static str; 1] = ["LASTCALL_REQUIRE_SERVICES"];
-
     /// The setting an environment variable sets, if `name` is one of lastcall's.
     ///
     /// ```
@@ -300,6 +298,32 @@ impl Setting {
             .into_iter()
             .map(|s| (edit_distance(name, s.env_name()), s))
             .filter(|(d, _)| *d <= 3)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, s)| s)
+    }
+
+    /// The setting a variable outside the `LASTCALL_` prefix was most likely meant to be:
+    /// another case (`lastcall_budget`), a missing or doubled letter in the prefix
+    /// (`LASTCAL_BUDGET`), an extra separator (`LAST_CALL_BUDGET`). Such a variable is not
+    /// read; the builder warns about it.
+    ///
+    /// ```
+    /// use lastcall::error::Setting;
+    ///
+    /// assert_eq!(Setting::prefix_near_miss("lastcall_budget"), Some(Setting::Budget));
+    /// assert_eq!(Setting::prefix_near_miss("LAST_CALL_DRAIN_DELAY"), Some(Setting::DrainDelay));
+    /// assert_eq!(Setting::prefix_near_miss("LASTCAL_BUDGET"), Some(Setting::Budget));
+    /// assert_eq!(Setting::prefix_near_miss("PATH"), None);
+    /// ```
+    pub fn prefix_near_miss(name: &str) -> Option<Setting> {
+        if name.starts_with("LASTCALL_") {
+            return None;
+        }
+        let upper = name.to_ascii_uppercase();
+        Setting::ALL
+            .into_iter()
+            .map(|s| (edit_distance(&upper, s.env_name()), s))
+            .filter(|(d, _)| *d <= 2)
             .min_by_key(|(d, _)| *d)
             .map(|(_, s)| s)
     }

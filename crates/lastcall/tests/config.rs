@@ -101,8 +101,20 @@ async fn unknown_variable_is_rejected_with_a_suggestion() {
 }
 
 #[tokio::test]
-async fn allowed_and_tool_variables_are_not_rejected() {
-    build_with(&[("LASTCALL_REQUIRE_SERVICES", "1")]).expect("the test-suite variable is known");
+async fn unknown_variables_that_are_not_near_misses_are_only_warned_about() {
+    // A CI's or another tool's variable under the prefix does not stop the service.
+    build_with(&[
+        ("LASTCALL_SRC", "/src"),
+        ("LASTCALL_TEST_POSTGRES", "postgres://x"),
+    ])
+    .expect("neighbours are ignored with a warning");
+    // Near misses of the prefix are not read (and are warned about).
+    let controller = build_with(&[("lastcall_budget", "5s"), ("LAST_CALL_BUDGET", "5s")])
+        .expect("not ours, so not an error");
+    assert_eq!(
+        controller.shutdown().plan().budget().total,
+        Duration::from_secs(30)
+    );
     Controller::builder()
         .continue_after_run()
         .env_vars([("LASTCALL_DEMO_DB", "/tmp/x.db")])
@@ -237,5 +249,44 @@ async fn absurd_durations_from_the_environment_are_refused_at_startup() {
     assert_eq!(
         plan.deadline(Phase::WaitForWork),
         Duration::from_millis(6_134)
+    );
+}
+
+/// Collects what `tracing` logs while `f` runs on this thread.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = sink.0.lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn near_misses_of_the_prefix_and_unknown_names_are_named_in_a_warning() {
+    let log = logged(|| {
+        build_with(&[("LASTCAL_BUDGET", "5s"), ("LASTCALL_SRC", "/src")]).expect("warnings only");
+    });
+    assert!(
+        log.contains("LASTCAL_BUDGET is not read: did you mean LASTCALL_BUDGET?"),
+        "{log}"
+    );
+    assert!(
+        log.contains("LASTCALL_SRC is not a lastcall setting and is ignored"),
+        "{log}"
     );
 }
