@@ -266,3 +266,27 @@ fn interrupting_the_checker_leaves_no_service_behind() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn check_passes_the_readme_s_first_example_on_every_scenario() {
+    // `crates/lastcall/examples/05_service.rs`, built by `cargo test --workspace`.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_lastcall"));
+    let example = bin
+        .parent()
+        .expect("target/<profile>")
+        .join("examples")
+        .join("05_service");
+    assert!(
+        example.exists(),
+        "{} is missing: run `cargo test --workspace`, which builds lastcall's examples",
+        example.display()
+    );
+    let (code, json, stderr) = check(&["--", example.to_str().unwrap()]);
+    for scenario in json["scenarios"].as_array().unwrap() {
+        assert_eq!(
+            scenario["status"], "pass",
+            "{scenario:#}\nstderr:\n{stderr}"
+        );
+    }
+    assert_eq!(code, Some(0));
+}

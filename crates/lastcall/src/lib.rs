@@ -89,6 +89,7 @@ pub use phase::Phase;
 pub use report::{
     LaterSignal, PhaseOutcome, PhaseReport, Report, StepOutcome, StepReport, TriggerCause,
 };
+pub use runtime::main;
 pub use shutdown::{Shutdown, Trigger};
 pub use signal::{ParseSignalError, Signal};
 pub use step::{BoxError, StepResult};

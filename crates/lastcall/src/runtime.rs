@@ -12,9 +12,12 @@
 //! all ([`Teardown::Detach`], [`Runtime::shutdown_background`]).
 
 use std::future::Future;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
+
+use crate::Controller;
 
 /// How the runtime ends after `main`'s future has returned. See [`block_on`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,4 +97,57 @@ pub fn block_on<F: Future>(runtime: Runtime, teardown: Teardown, main: F) -> F::
         Teardown::Detach => runtime.shutdown_background(),
     }
     output
+}
+
+/// Runs a service with no ceremony: a multi-thread tokio runtime, the [`Controller`] configured
+/// from `LASTCALL_*` ([`Controller::from_env`]), `service` given that controller, and the
+/// runtime's bounded end ([`block_on`] with [`Teardown::default`]). Re-exported as
+/// `lastcall::main`.
+///
+/// A configuration the controller refuses is printed to stderr and ends the process with 78
+/// ([`Exit::Config`](crate::Exit::Config)), before `service` runs; a runtime that cannot start
+/// ends it with 1. `service` sets the service up with the controller and returns
+/// [`Controller::run`]'s exit code.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::process::ExitCode;
+/// use std::time::Duration;
+///
+/// fn main() -> ExitCode {
+///     lastcall::main(|controller| async move {
+///         let shutdown = controller.shutdown();
+///         // ... serve with `shutdown`, start workers ...
+///         # let _ = shutdown;
+///         controller.close("database", Duration::from_secs(3), || async {
+///             // pool.close().await
+///         });
+///         controller.run().await
+///     })
+/// }
+/// ```
+pub fn main<F, Fut>(service: F) -> ExitCode
+where
+    F: FnOnce(Controller) -> Fut,
+    Fut: Future<Output = ExitCode>,
+{
+    // Printed, not logged: this is the program's own entry point, and a start-up failure may
+    // come before any log subscriber is installed.
+    let runtime = match Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lastcall: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    block_on(runtime, Teardown::default(), async move {
+        match Controller::from_env() {
+            Ok(controller) => service(controller).await,
+            Err(err) => {
+                eprintln!("lastcall: {err}");
+                err.exit_code()
+            }
+        }
+    })
 }
