@@ -269,7 +269,7 @@ async fn start(
         ServeConfig::default(),
     ));
     // The database is open and the socket listening: ready before anyone is told where to go.
-    controller.health().set_ready();
+    controller.readiness().set_ready();
     tracing::info!(addr = %local, db = %db.display(), "orders service ready");
     // On stdout, for scripts and the checker: the one line that says where to connect.
     println!("lastcall demo listening on http://{local}");

@@ -209,7 +209,8 @@ impl Builder {
     }
 
     /// Leaves readiness at [`HealthState::Starting`](crate::HealthState::Starting) until the
-    /// application calls [`Health::set_ready`](crate::Health::set_ready). By default
+    /// application calls [`Readiness::set_ready`](crate::Readiness::set_ready) (from
+    /// [`Controller::readiness`]). By default
     /// [`Controller::run`] marks the service ready when it starts waiting for a trigger.
     pub fn manual_readiness(mut self) -> Builder {
         self.manual_readiness = true;

@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
 use crate::shutdown::Shared;
 use crate::step::{run_steps, Step, StepResult};
-use crate::{ActiveWork, Builder, Exit, Health, HealthState, Phase, Shutdown, Tracker, Trigger};
+use crate::{
+    ActiveWork, Builder, Exit, Health, HealthState, Phase, Readiness, Shutdown, Tracker, Trigger,
+};
 
 /// How many active items a report lists (its `count` covers all of them).
 const REPORTED_ITEMS: usize = 50;
@@ -132,6 +134,13 @@ impl Controller {
         &self.shared.health
     }
 
+    /// The handle that changes readiness before a shutdown: ready after a manual start
+    /// ([`Builder::manual_readiness`]), out of rotation while a dependency is down. See
+    /// [`Readiness`].
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(self.shared.health.clone())
+    }
+
     /// Registers a step for the stop-accepting phase: close a listener, stop claiming jobs,
     /// stop a scheduler.
     ///
@@ -224,7 +233,7 @@ impl Controller {
     pub async fn run_with_report(self) -> Report {
         let shared = self.shared.clone();
         if !self.manual_readiness {
-            shared.health.set_ready();
+            shared.health.advance(HealthState::Ready);
         }
         shared.token_ref(Phase::NotReady).cancelled().await;
         let first = shared.first().expect(

@@ -84,7 +84,7 @@ pub use budget::{Budget, Plan, Window};
 pub use builder::{Builder, ForceExit, ParseForceExitError};
 pub use controller::Controller;
 pub use exit::Exit;
-pub use health::{Health, HealthState};
+pub use health::{Health, HealthState, Readiness};
 pub use phase::Phase;
 pub use report::{
     LaterSignal, PhaseOutcome, PhaseReport, Report, StepOutcome, StepReport, TriggerCause,

@@ -5,7 +5,7 @@
 //!
 //! | when | message |
 //! |---|---|
-//! | the health becomes ready ([`Health::set_ready`](crate::Health::set_ready)) | `READY=1`, `STATUS=ready` |
+//! | the health becomes ready ([`Readiness::set_ready`](crate::Readiness::set_ready)) | `READY=1`, `STATUS=ready` |
 //! | the shutdown is triggered | `STOPPING=1`, `STATUS=shutting down: not_ready` |
 //! | each later phase begins | `STATUS=shutting down: <phase>` |
 //! | each phase, then every second until exit | `EXTEND_TIMEOUT_USEC=<time left in the budget>` |
@@ -80,7 +80,7 @@ pub enum SystemdError {
 /// let controller = lastcall::Controller::from_env()?;
 /// lastcall::systemd::notify(&controller)?;
 /// // ... start serving ...
-/// controller.health().set_ready(); // READY=1
+/// controller.readiness().set_ready(); // READY=1
 /// let code = controller.run().await;
 /// # let _ = code; Ok(()) }
 /// ```

@@ -354,3 +354,40 @@ fn the_report_is_recorded_through_the_metrics_facade() {
     };
     assert_eq!(wait.len(), 1);
 }
+
+#[tokio::test]
+async fn readiness_withdrawn_by_the_application_comes_back_but_the_shutdown_s_is_final() {
+    let controller = Controller::builder()
+        .continue_after_run()
+        .ignore_env()
+        .drain_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let readiness = controller.readiness();
+    let health = controller.health().clone();
+    let shutdown = controller.shutdown();
+    let trigger = controller.trigger();
+    let flow = tokio::spawn(controller.run_with_report());
+    // `run` marks the service ready once it waits for a trigger.
+    while !health.is_ready() {
+        tokio::task::yield_now().await;
+    }
+    readiness.set_not_ready("database unreachable");
+    assert!(
+        !health.is_ready() && health.is_live(),
+        "out of rotation, still alive"
+    );
+    assert!(
+        !shutdown.is_triggered(),
+        "a dependency outage is not a shutdown"
+    );
+    readiness.set_ready();
+    assert!(health.is_ready(), "back in rotation");
+
+    trigger.trigger("test");
+    shutdown.reached(lastcall::Phase::NotReady).await;
+    readiness.set_ready();
+    assert!(!health.is_ready(), "the shutdown's not-ready is final");
+    let report = flow.await.unwrap();
+    assert_eq!(report.exit, lastcall::Exit::Clean);
+}
