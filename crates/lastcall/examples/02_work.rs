@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lastcall::{Controller, Phase};
+use lastcall::Controller;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(seconds)) => println!("job {id} done"),
                 // Past the wait deadline the job is told to give up (and is reported as cut).
-                _ = shutdown.reached(Phase::FlushTelemetry) => println!("job {id} abandoned"),
+                _ = shutdown.cut() => println!("job {id} abandoned"),
             }
         });
     }

@@ -24,7 +24,7 @@
 //! ```no_run
 //! use std::process::ExitCode;
 //! use std::time::Duration;
-//! use lastcall::{Controller, Phase};
+//! use lastcall::Controller;
 //!
 //! #[tokio::main]
 //! async fn main() -> ExitCode {
@@ -40,7 +40,7 @@
 //!         let _job = shutdown.tracker().job("nightly-report");
 //!         tokio::select! {
 //!             _ = tokio::time::sleep(Duration::from_secs(2)) => {} // finished
-//!             _ = shutdown.reached(Phase::FlushTelemetry) => {}    // cut at the deadline
+//!             _ = shutdown.cut() => {}                             // cut at the deadline
 //!         }
 //!     });
 //!     controller.close("database", Duration::from_secs(3), || async {});

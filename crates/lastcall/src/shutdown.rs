@@ -48,7 +48,7 @@ pub struct Shutdown {
 
 /// Starts the shutdown from code: a fatal error, an admin endpoint, the end of a batch.
 ///
-/// Every clone can fire once (`trigger` consumes it); only the first trigger in the process,
+/// Cloneable, and every clone fires through `&self`; only the first trigger in the process,
 /// whether a signal or a call, starts the flow. Later ones are recorded in the report's
 /// `later_signals` and change nothing.
 ///
@@ -144,6 +144,37 @@ impl Shutdown {
         )
     }
 
+    /// Resolves when work still in flight must stop: the wait-for-work phase is over, because
+    /// its deadline has passed (or because every piece of tracked work had already ended).
+    /// For code that holds a [`WorkGuard`](crate::WorkGuard), that is the moment it is cut.
+    /// The same as `reached(Phase::FlushTelemetry)`, by name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lastcall::Controller;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let controller = Controller::builder().ignore_env().continue_after_run().build().unwrap();
+    /// let shutdown = controller.shutdown();
+    /// tokio::spawn(async move {
+    ///     let _job = shutdown.tracker().job("report");
+    ///     tokio::select! {
+    ///         _ = tokio::time::sleep(Duration::from_secs(60)) => {} // finished
+    ///         _ = shutdown.cut() => {}                             // cut at the deadline
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Shutdown::reached`].
+    pub fn cut(&self) -> PhaseReached {
+        self.reached(Phase::FlushTelemetry)
+    }
+
     /// A cancellation token cancelled when the shutdown reaches `phase`, for code that takes a
     /// [`CancellationToken`]. Cancelling it yourself does not affect the shutdown.
     pub fn token(&self, phase: Phase) -> CancellationToken {
@@ -210,7 +241,7 @@ impl Shutdown {
 impl Trigger {
     /// Starts the shutdown for `reason` (an admin call, a planned stop). Returns whether this
     /// call started it; `false` means a shutdown was already running.
-    pub fn trigger(self, reason: impl Into<String>) -> bool {
+    pub fn trigger(&self, reason: impl Into<String>) -> bool {
         self.shared.fire(TriggerCause::Requested {
             reason: reason.into(),
         })
@@ -218,7 +249,7 @@ impl Trigger {
 
     /// Starts the shutdown because the service cannot go on. The shutdown runs as usual, but
     /// the exit code is [`Exit::Fatal`](crate::Exit::Fatal) even when it is clean.
-    pub fn fatal(self, reason: impl Into<String>) -> bool {
+    pub fn fatal(&self, reason: impl Into<String>) -> bool {
         self.shared.fire(TriggerCause::Fatal {
             reason: reason.into(),
         })
