@@ -213,7 +213,7 @@ impl Shutdown {
     /// deadline, the rejections, and the exit the shutdown is heading for. `None` before then.
     ///
     /// For flush steps that ship the shutdown's own figures with the last batch of telemetry
-    /// (as [`otel::Flush`](crate::otel::Flush) does): once the process has exited, nobody
+    /// (as `otel::Flush` does, feature `opentelemetry`): once the process has exited, nobody
     /// scrapes it.
     ///
     /// # Examples

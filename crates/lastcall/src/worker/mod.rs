@@ -22,8 +22,8 @@
 //! in the same transaction as its effect: `SqliteQueue::mark_processed` and
 //! `PgQueue::mark_processed` do that (features `sqlite` and `postgres`).
 //!
-//! Adapters (one per cargo feature): `sqlite` ([`SqliteQueue`]), `postgres` ([`PgQueue`]),
-//! `nats` ([`NatsQueue`], JetStream).
+//! Adapters (one per cargo feature): `sqlite` (`SqliteQueue`), `postgres` (`PgQueue`),
+//! `nats` (`NatsQueue`, JetStream).
 
 use std::borrow::Cow;
 use std::fmt;
