@@ -24,23 +24,45 @@ pub(crate) enum Command {
     /// signals it, and reports what a client saw. Exit status 0 only if every selected
     /// scenario passed.
     Check(Box<CheckArgs>),
-    /// Check a Kubernetes manifest's shutdown arithmetic against lastcall's budget.
+    /// Check a deployment file's shutdown arithmetic against lastcall's budget.
     ///
-    /// Reads the Deployment, StatefulSet, DaemonSet, ReplicaSet or Pod in FILE, the
-    /// container's LASTCALL_* environment and its probes; prints the shutdown timeline as the
-    /// platform will run it and one finding per problem with the value to set. Exit status 1
-    /// on an error, 2 when the file cannot be read.
+    /// Reads a Kubernetes manifest, a Docker Compose file, a systemd service unit or an ECS
+    /// task definition (recognised from its content), finds the service that carries
+    /// LASTCALL_* variables, and prints the shutdown timeline as the platform will run it and
+    /// one finding per problem with the setting and the value to set. Exit status 0 with no
+    /// error, 1 on an error, 2 when the file cannot be read or the service cannot be chosen.
     Plan(PlanArgs),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct PlanArgs {
-    /// The manifest (YAML; several documents allowed, the first workload is checked).
+    /// The deployment file (YAML, JSON or a systemd unit; `-` reads standard input, as in
+    /// `helm template . | lastcall plan -`).
     pub(crate) file: PathBuf,
 
-    /// The container that runs the service [default: the first].
-    #[arg(long)]
+    /// The container (Kubernetes, ECS) or Compose service that runs lastcall [default: the
+    /// one carrying LASTCALL_* variables].
+    #[arg(long, visible_alias = "service", value_name = "NAME")]
     pub(crate) container: Option<String>,
+
+    /// The Kubernetes workload to check, by name or KIND/NAME, when the file has several
+    /// [default: the one whose containers carry LASTCALL_* variables].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) workload: Option<String>,
+
+    /// Print the plan as JSON (schema `lastcall-plan/1`, in the README) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// The load balancer's deregistration delay: on ECS it runs before SIGTERM; on Kubernetes
+    /// (the AWS Load Balancer Controller) it starts at the pod's deletion.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) deregistration_delay: Option<Duration>,
+
+    /// The longest request the service serves, which the deregistration delay must cover
+    /// [default: the budget's wait-for-work deadline].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) longest_request: Option<Duration>,
 
     /// Time for endpoint removal to reach kube-proxy and the ingress, on top of the readiness
     /// probe's detection time.

@@ -9,5 +9,5 @@ mod demo;
 mod check;
 // A short rolling restart of `lastcall demo` behind HAProxy.
 mod rolling;
-// `lastcall plan` on the shipped Kubernetes manifest and on each kind of mistake.
+// `lastcall plan` on the shipped deployment files and on each kind of mistake, per platform.
 mod plan;
