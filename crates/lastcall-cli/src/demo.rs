@@ -6,7 +6,8 @@
 //! scheduled task counts unconfirmed orders every second. `GET /orders/{id}` reads an order and
 //! its job's state from a real SQLite file,
 //! `GET /reports/slow?ms=N` answers after N ms (a huge N never completes), `GET /events` is a
-//! Server-Sent Events stream with one event per 100 ms, and `/health/live` and `/health/ready`
+//! Server-Sent Events stream with one event per 100 ms, `GET /ws` a WebSocket echo that the
+//! shutdown ends with a close frame 1001 "going away", and `/health/live` and `/health/ready`
 //! answer from the shutdown's state, `GET /stats` says what the worker and the scheduled task
 //! did. Under systemd it takes its socket from socket activation and reports readiness and
 //! each phase over `NOTIFY_SOCKET` (`deploy/systemd/`). SIGTERM and SIGINT start the shutdown: the worker stops claiming and the task stops
@@ -23,6 +24,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
@@ -249,6 +251,7 @@ async fn start(
         .route("/orders/{id}", get(order))
         .route("/reports/slow", get(slow_report))
         .route("/events", get(events))
+        .route("/ws", get(websocket))
         .route("/stats", get(stats))
         .with_state(AppState {
             pool: pool.clone(),
@@ -550,6 +553,24 @@ async fn events(State(state): State<AppState>) -> impl IntoResponse {
         Some((Ok::<_, Infallible>(event), n + 1))
     });
     Sse::new(until_shutdown(&state.shutdown, ticks))
+}
+
+/// `GET /ws`: echoes each message until the peer closes or the shutdown reaches
+/// stop-accepting, which ends the session with a close frame 1001 "going away".
+async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| echo(socket, state.shutdown))
+}
+
+async fn echo(mut socket: WebSocket, shutdown: Shutdown) {
+    // Counted as a stream until the session ends, so the drain waits for its close.
+    let _session = shutdown.tracker().stream("ws /ws");
+    while let Some(Ok(message)) =
+        lastcall::http::ws::recv_until_shutdown(&mut socket, &shutdown).await
+    {
+        if socket.send(message).await.is_err() {
+            break;
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -121,9 +121,38 @@ pub(crate) struct CheckArgs {
     #[arg(long, default_value = "SIGTERM")]
     pub(crate) signal: String,
 
+    /// The signals second_signal repeats into a request in flight (comma-separated: `stop`
+    /// for the stop signal again, SIGTERM, SIGINT, ..., or none). SIGINT is opt-in: several
+    /// servers document it as a fast stop.
+    #[arg(long, value_delimiter = ',', default_value = "stop")]
+    pub(crate) repeat_signal: Vec<String>,
+
+    /// The exit statuses a clean shutdown may end with (comma-separated): numbers, and
+    /// `signal` to accept death by the stop signal (reported as such).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub(crate) expect_exit: Vec<String>,
+
+    /// Play a Kubernetes preStop sleep of this length before each signal: readiness must keep
+    /// answering 200 and requests must be served throughout.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub(crate) pre_stop: Duration,
+
+    /// Run every scenario N times; a scenario's verdict is its worst run, with counts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) repeat: u32,
+
+    /// The address the service listens on (it still gets PORT).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+
     /// Readiness path (200 when ready, 503 once draining).
     #[arg(long, default_value = "/health/ready")]
     pub(crate) ready_path: String,
+
+    /// Readiness on another port or host, as a URL (`http://127.0.0.1:9901/ready`; `{port}`
+    /// is the service's port). Overrides --ready-path.
+    #[arg(long, value_name = "URL")]
+    pub(crate) ready_url: Option<String>,
 
     /// A quick request that answers 200.
     #[arg(long, default_value = "/orders/1")]
@@ -136,6 +165,10 @@ pub(crate) struct CheckArgs {
     /// A Server-Sent Events stream.
     #[arg(long, default_value = "/events")]
     pub(crate) events_path: String,
+
+    /// A WebSocket endpoint (any messages; the websocket scenario only watches it close).
+    #[arg(long, default_value = "/ws")]
+    pub(crate) ws_path: String,
 
     /// Idle keep-alive connections opened by the idle_connections scenario.
     #[arg(long, default_value_t = 200)]
@@ -153,15 +186,16 @@ pub(crate) struct CheckArgs {
     #[arg(long = "env", value_name = "K=V")]
     pub(crate) env: Vec<String>,
 
-    /// Print the results as JSON (schema in the README) instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
+    /// Print the results as JSON (schema in the README) instead of a table, or, with a FILE,
+    /// write the JSON there and print the table.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub(crate) json: Option<PathBuf>,
 
     /// Also write a self-contained HTML report, with a timeline picture per scenario.
     #[arg(long, value_name = "FILE")]
     pub(crate) html: Option<PathBuf>,
 
-    /// The service's command and arguments.
+    /// The service's command and arguments; `{port}` in them is replaced by the port.
     #[arg(last = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
 }

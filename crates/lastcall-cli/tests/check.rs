@@ -35,9 +35,10 @@ fn status<'a>(json: &'a Value, scenario: &str) -> (&'a str, &'a str) {
 fn check_passes_the_reference_service_on_every_scenario() {
     let html = std::env::temp_dir().join(format!("lastcall-check-{}.html", std::process::id()));
     let (code, json, stderr) = check(&["--demo", "--html", html.to_str().unwrap()]);
-    assert_eq!(json["schema"], "lastcall-check/1");
+    assert_eq!(json["schema"], "lastcall-check/2");
+    assert_eq!(json["baseline_exit"], "exit 0", "{json:#}\n{stderr}");
     let scenarios = json["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 10, "{json:#}");
+    assert_eq!(scenarios.len(), 13, "{json:#}");
     for scenario in scenarios {
         assert_eq!(
             scenario["status"], "pass",
@@ -49,13 +50,75 @@ fn check_passes_the_reference_service_on_every_scenario() {
     // The HTML report: one section and one timeline per scenario, with the signal on it.
     let page = std::fs::read_to_string(&html).unwrap();
     let _ = std::fs::remove_file(&html);
-    assert_eq!(page.matches("<section>").count(), 10);
-    assert_eq!(page.matches("<svg").count(), 10);
-    assert!(page.contains("every scenario passed"));
+    assert_eq!(page.matches("<section id=").count(), 13);
+    assert_eq!(page.matches("<svg").count(), 13);
+    assert!(page.contains("no scenario failed"));
     assert!(
-        page.contains("SIGTERM ("),
-        "the signal is marked on the timelines"
+        page.contains("13 passed, 0 failed, 0 skipped"),
+        "the summary is at the top"
     );
+    assert!(
+        page.contains("SIGTERM (0 ms)"),
+        "the signal is marked on the timelines, at the axis' zero"
+    );
+    assert!(page.contains("drain delay ("), "the drain delay is shaded");
+    // The request the deadline cut is drawn red, with a bar at the cut, though the scenario
+    // passed.
+    let deadline = &page[page.find("<section id=\"deadline\"").unwrap()..];
+    let deadline = &deadline[..deadline.find("</section>").unwrap()];
+    assert!(deadline.contains(r##"fill="#d33""##), "{deadline}");
+    assert!(!deadline.contains(r##"fill="#2a7""##), "{deadline}");
+    assert!(deadline.contains(r##"stroke="#900""##), "{deadline}");
+    assert_texts_inside_viewbox(&page);
+}
+
+/// Every `<text>` of every SVG in `page` lies inside its picture's `viewBox`, measured with the
+/// pictures' monospace font (12 px: 7.2 px a character).
+fn assert_texts_inside_viewbox(page: &str) {
+    let attr = |tag: &str, name: &str| -> f64 {
+        let key = format!(" {name}=\"");
+        let start = tag
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in {tag}"))
+            + key.len();
+        let end = start + tag[start..].find('"').unwrap();
+        tag[start..end].parse().unwrap()
+    };
+    let mut texts = 0;
+    for svg in page.split("<svg").skip(1) {
+        let svg = &svg[..svg.find("</svg>").unwrap()];
+        let view = svg[svg.find("viewBox=\"").unwrap() + 9..]
+            .split('"')
+            .next()
+            .unwrap();
+        let view: Vec<f64> = view.split(' ').map(|n| n.parse().unwrap()).collect();
+        for text in svg.split("<text").skip(1) {
+            let tag = &text[..text.find('>').unwrap()];
+            let content = &text[tag.len() + 1..text.find("</text>").unwrap()];
+            let content = content
+                .replace("&amp;", "&")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"");
+            let (x, y) = (attr(tag, "x"), attr(tag, "y"));
+            let width = content.chars().count() as f64 * 7.2;
+            assert!(
+                !tag.contains("text-anchor"),
+                "labels are laid out from their left end: {tag}"
+            );
+            assert!(
+                x >= view[0] && x + width <= view[0] + view[2] + 0.5,
+                "{content:?} runs outside the picture: x {x}..{} of {view:?}",
+                x + width
+            );
+            assert!(
+                y - 12.0 >= view[1] && y <= view[1] + view[3],
+                "{content:?} at y {y} of {view:?}"
+            );
+            texts += 1;
+        }
+    }
+    assert!(texts > 0, "no labels at all");
 }
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad_service.py");
@@ -90,7 +153,7 @@ fn check_fails_a_service_that_exits_at_once_on_sigterm() {
     assert_eq!(readiness, "fail", "it never says 503");
     let (deadline, reason) = status(&json, "deadline");
     assert_eq!(deadline, "fail");
-    assert!(reason.contains("exited 0"), "{reason}");
+    assert!(reason.contains("before budget"), "{reason}");
     let (sse, reason) = status(&json, "sse");
     assert_eq!(sse, "fail");
     assert!(
@@ -196,9 +259,16 @@ fn check_passes_a_graceful_service_written_in_node() {
     }
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/graceful.js");
     let (code, json, stderr) = check(&["--budget", "3s", "--", "node", fixture]);
+    assert!(
+        status(&json, "http2").1.contains("does not speak HTTP/2"),
+        "{json:#}"
+    );
     for scenario in json["scenarios"].as_array().unwrap() {
+        // It has no WebSocket endpoint and speaks HTTP/1.1 only: skips, with the reason.
+        let skipped = ["websocket", "http2"].contains(&scenario["scenario"].as_str().unwrap());
+        let expected = if skipped { "skip" } else { "pass" };
         assert_eq!(
-            scenario["status"], "pass",
+            scenario["status"], expected,
             "{scenario:#}\nstderr:\n{stderr}"
         );
     }
@@ -283,10 +353,519 @@ fn check_passes_the_readme_s_first_example_on_every_scenario() {
     );
     let (code, json, stderr) = check(&["--", example.to_str().unwrap()]);
     for scenario in json["scenarios"].as_array().unwrap() {
+        // It has no WebSocket route: that scenario is a skip, saying so.
+        if scenario["scenario"] == "websocket" && scenario["status"] == "skip" {
+            let reason = scenario["reason"].as_str().unwrap();
+            assert!(reason.contains("does not speak WebSocket"), "{reason}");
+            continue;
+        }
         assert_eq!(
             scenario["status"], "pass",
             "{scenario:#}\nstderr:\n{stderr}"
         );
     }
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn check_fails_a_server_that_a_wrapper_shell_keeps_from_the_signal_and_names_exec() {
+    if !python() {
+        return;
+    }
+    // No `exec`: the shell gets SIGTERM and dies; the server keeps serving the port.
+    let wrapped = format!("python3 {FIXTURE} graceful; true");
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "in_flight,exit_status",
+        "--",
+        "sh",
+        "-c",
+        &wrapped,
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    for scenario in ["in_flight", "exit_status"] {
+        let (status, reason) = status(&json, scenario);
+        assert_eq!(status, "fail", "{json:#}");
+        assert!(reason.contains("still listens"), "{reason}");
+        assert!(reason.contains("`exec`"), "{reason}");
+    }
+    // The same server run directly, with its port passed as a flag through `{port}` (PORT is
+    // set wrong on purpose), passes.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "in_flight,exit_status",
+        "--env",
+        "PORT=9",
+        "--",
+        "python3",
+        FIXTURE,
+        "graceful",
+        "--port",
+        "{port}",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+}
+
+#[test]
+fn second_signal_sends_its_signals_into_a_request_in_flight_and_names_the_one_that_cut_it() {
+    if !python() {
+        return;
+    }
+    // Readiness says 200 until the work is done: signals sent once it changes come too late.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "second_signal",
+        "--",
+        "python3",
+        FIXTURE,
+        "second-signal-exits",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (status, reason) = status(&json, "second_signal");
+    assert_eq!(status, "fail");
+    assert!(reason.contains("the SIGTERM sent"), "{reason}");
+    assert!(reason.contains("cut it"), "{reason}");
+}
+
+#[test]
+fn second_signal_does_not_fail_a_service_for_its_last_moments_after_the_work_is_done() {
+    if !python() {
+        return;
+    }
+    // Default signal handlers for the last 300 ms of the exit, as a multi-process master's.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "second_signal,exit_status",
+        "--",
+        "python3",
+        FIXTURE,
+        "lingers-at-exit",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    // And with no repeated signal, there is nothing to grade.
+    let (code, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "second_signal",
+        "--repeat-signal",
+        "none",
+        "--",
+        "python3",
+        FIXTURE,
+        "graceful",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(status(&json, "second_signal").0, "skip");
+}
+
+#[test]
+fn deadline_fails_a_cut_that_exits_as_a_clean_shutdown_does_even_by_signal() {
+    if !python() {
+        return;
+    }
+    // Every exit is a re-raised SIGTERM, after a clean shutdown and after a cut alike.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "deadline,exit_status",
+        "--",
+        "python3",
+        FIXTURE,
+        "reraises",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    assert_eq!(json["baseline_exit"], "killed by SIGTERM");
+    let (deadline, reason) = status(&json, "deadline");
+    assert_eq!(deadline, "fail");
+    assert!(
+        reason.contains("the same as after a clean shutdown"),
+        "{reason}"
+    );
+    let (exit, reason) = status(&json, "exit_status");
+    assert_eq!(exit, "fail", "exit 0 is expected by default");
+    assert!(reason.contains("killed by SIGTERM"), "{reason}");
+    // Death by the stop signal may be accepted as clean; the cut still fails.
+    let (_, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "deadline,exit_status",
+        "--expect-exit",
+        "0,signal",
+        "--",
+        "python3",
+        FIXTURE,
+        "reraises",
+    ]);
+    assert_eq!(status(&json, "exit_status").0, "pass", "{json:#}");
+    assert_eq!(status(&json, "deadline").0, "fail", "{json:#}");
+    // The graceful mode exits 3 after a cut and 0 when clean: a pass.
+    let (code, json, _) = check(&[
+        "--budget", "3s", "--only", "deadline", "--", "python3", FIXTURE, "graceful",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}");
+}
+
+#[test]
+fn a_cut_long_before_the_budget_fails_deadline_and_in_flight() {
+    if !python() {
+        return;
+    }
+    // It cuts at the drain delay + 1.2 s, with a 5 s budget.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "5s",
+        "--only",
+        "in_flight,deadline",
+        "--",
+        "python3",
+        FIXTURE,
+        "cuts-early",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (deadline, reason) = status(&json, "deadline");
+    assert_eq!(deadline, "fail");
+    assert!(reason.contains("before budget"), "{reason}");
+    assert!(reason.contains("at least 3000 ms"), "{reason}");
+    let (in_flight, reason) = status(&json, "in_flight");
+    assert_eq!(in_flight, "fail");
+    assert!(reason.contains("instead of 200"), "{reason}");
+}
+
+#[test]
+fn a_slow_path_that_answers_at_once_stops_the_check_before_any_verdict() {
+    if !python() {
+        return;
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .args([
+            "check",
+            "--budget",
+            "3s",
+            "--",
+            "python3",
+            FIXTURE,
+            "instant-slow",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--slow-path"), "{stderr}");
+    assert!(stderr.contains("not after 400 ms"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no table: nothing was graded");
+}
+
+#[test]
+fn keep_alive_scenarios_are_skipped_on_a_server_without_keep_alive() {
+    if !python() {
+        return;
+    }
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "idle_connections,keep_alive",
+        "--",
+        "python3",
+        FIXTURE,
+        "no-keep-alive",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    for scenario in ["idle_connections", "keep_alive"] {
+        let (status, reason) = status(&json, scenario);
+        assert_eq!(status, "skip", "{json:#}");
+        assert!(reason.contains("no keep-alive"), "{reason}");
+    }
+}
+
+#[test]
+fn no_drain_delay_grades_only_what_follows_the_close_on_the_reference_service() {
+    let (code, json, stderr) = check(&[
+        "--demo",
+        "--drain-delay",
+        "0s",
+        "--only",
+        "keep_alive,readiness",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    assert_eq!(status(&json, "keep_alive").0, "pass");
+    // Readiness may be caught saying 503 in the instant before the listener closes, or not.
+    assert_ne!(status(&json, "readiness").0, "fail");
+}
+
+#[test]
+fn a_start_failure_is_reported_once_with_the_services_stderr() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .args([
+            "check",
+            "--",
+            "sh",
+            "-c",
+            "echo no-such-config >&2; exit 78",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("no-such-config").count(), 1, "{stderr}");
+    assert!(stderr.contains("exited (exit status: 78)"), "{stderr}");
+}
+
+#[test]
+fn repeat_reports_the_worst_run_with_counts_and_json_may_go_to_a_file() {
+    if !python() {
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("lastcall-check-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .args([
+            "check",
+            "--budget",
+            "3s",
+            "--only",
+            "exit_status,in_flight",
+            "--repeat",
+            "2",
+        ])
+        .arg("--json")
+        .arg(&file)
+        .args(["--", "python3", FIXTURE, "exits-at-once"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("1 passed, 1 failed"),
+        "the table still prints: {table}"
+    );
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let (in_flight, reason) = status(&json, "in_flight");
+    assert_eq!(in_flight, "fail");
+    assert!(reason.starts_with("failed 2 of 2 runs"), "{reason}");
+    let scenarios = json["scenarios"].as_array().unwrap();
+    assert!(scenarios.iter().all(|s| s["runs"] == 2), "{json:#}");
+}
+
+#[test]
+fn load_fails_requests_refused_while_readiness_still_said_200() {
+    if !python() {
+        return;
+    }
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "load",
+        "--",
+        "python3",
+        FIXTURE,
+        "rejects-while-ready",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (load, reason) = status(&json, "load");
+    assert_eq!(load, "fail");
+    assert!(
+        reason.contains("while readiness still answered 200"),
+        "{reason}"
+    );
+    let (code, json, _) = check(&[
+        "--budget", "3s", "--only", "load", "--", "python3", FIXTURE, "graceful",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}");
+}
+
+#[test]
+fn slow_clients_fails_a_drain_that_waits_for_connections_without_a_whole_request() {
+    if !python() {
+        return;
+    }
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "slow_clients",
+        "--",
+        "python3",
+        FIXTURE,
+        "waits-for-connections",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (slow, reason) = status(&json, "slow_clients");
+    assert_eq!(slow, "fail");
+    assert!(reason.contains("half-sent request head"), "{reason}");
+    let (code, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "slow_clients",
+        "--",
+        "python3",
+        FIXTURE,
+        "graceful",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}");
+}
+
+#[test]
+fn websocket_fails_a_session_cut_without_a_close_frame_and_skips_a_server_without_websockets() {
+    if !python() {
+        return;
+    }
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "websocket",
+        "--",
+        "python3",
+        FIXTURE,
+        "severs-sse",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (ws, reason) = status(&json, "websocket");
+    assert_eq!(ws, "fail");
+    assert!(
+        reason.contains("without a WebSocket close frame"),
+        "{reason}"
+    );
+    let (code, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "websocket",
+        "--",
+        "python3",
+        FIXTURE,
+        "graceful",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}");
+    assert_eq!(status(&json, "websocket").0, "pass");
+    let (code, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "websocket",
+        "--ws-path",
+        "/nowhere",
+        "--",
+        "python3",
+        FIXTURE,
+        "graceful",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}");
+    let (ws, reason) = status(&json, "websocket");
+    assert_eq!(ws, "skip");
+    assert!(reason.contains("does not speak WebSocket"), "{reason}");
+}
+
+/// Whether node can run the Node.js fixtures (fails instead under `LASTCALL_REQUIRE_SERVICES=1`).
+fn node() -> bool {
+    if Command::new("node").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "node is required for the Node.js fixtures"
+    );
+    eprintln!("skipping: node is missing");
+    false
+}
+
+#[test]
+fn http2_fails_a_server_that_closes_its_connections_without_goaway() {
+    if !node() {
+        return;
+    }
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/h2_service.js");
+    let (code, json, stderr) = check(&[
+        "--budget", "3s", "--only", "http2", "--", "node", fixture, "abrupt",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (http2, reason) = status(&json, "http2");
+    assert_eq!(http2, "fail");
+    assert!(reason.contains("without a GOAWAY"), "{reason}");
+    let (code, json, stderr) = check(&[
+        "--budget", "3s", "--only", "http2", "--", "node", fixture, "graceful",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+}
+
+#[test]
+fn pre_stop_readiness_url_and_host_are_options_a_graceful_service_passes_with() {
+    if !python() {
+        return;
+    }
+    // Readiness from a URL (the service's own port through `{port}`; --ready-path would 404),
+    // a preStop played before each signal, and the service's address by name.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "in_flight,readiness",
+        "--pre-stop",
+        "500ms",
+        "--ready-url",
+        "http://127.0.0.1:{port}/health/ready",
+        "--ready-path",
+        "/nowhere",
+        "--host",
+        "localhost",
+        "--",
+        "python3",
+        FIXTURE,
+        "graceful",
+    ]);
+    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    assert_eq!(json["pre_stop_ms"], 500);
+    assert_eq!(json["host"], "127.0.0.1");
+}
+
+#[test]
+fn a_server_that_documents_another_graceful_signal_gets_a_hint_when_sigterm_cuts_work() {
+    if !python() {
+        return;
+    }
+    // The shell's $0 names the server, as a wrapper script for nginx would.
+    let exec = format!("exec python3 {FIXTURE} exits-at-once");
+    let (code, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "in_flight",
+        "--",
+        "sh",
+        "-c",
+        &exec,
+        "nginx",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}");
+    let hint = json["hints"][0].as_str().unwrap_or_default();
+    assert!(hint.contains("--signal SIGQUIT"), "{json:#}");
+    // With the graceful signal, no hint.
+    let (_, json, _) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "in_flight",
+        "--signal",
+        "SIGQUIT",
+        "--",
+        "sh",
+        "-c",
+        &exec,
+        "nginx",
+    ]);
+    assert_eq!(json["hints"].as_array().map(Vec::len), Some(0), "{json:#}");
 }

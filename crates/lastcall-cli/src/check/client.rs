@@ -69,15 +69,23 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<TcpStream, Outcome> {
     }
 }
 
-/// Sends a keep-alive GET on `stream`.
+/// Sends a keep-alive GET on `stream`, with the address it is connected to as `Host`, as a
+/// browser would (a server bound to host names may answer an unknown one differently).
 pub(crate) async fn send(stream: &mut TcpStream, path: &str) -> Result<(), Outcome> {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: lastcall-check\r\nuser-agent: lastcall-check\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| classify(&e))
+    send_raw(stream, request_head(stream, path).as_bytes()).await
+}
+
+/// The head of a GET for `path` on `stream`.
+pub(crate) fn request_head(stream: &TcpStream, path: &str) -> String {
+    let host = stream
+        .peer_addr()
+        .map_or_else(|_| "localhost".to_owned(), |a| a.to_string());
+    format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: lastcall-check\r\n\r\n")
+}
+
+/// Writes `bytes` on `stream`.
+pub(crate) async fn send_raw(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Outcome> {
+    stream.write_all(bytes).await.map_err(|e| classify(&e))
 }
 
 /// Reads one response from `stream`, within `limit`.

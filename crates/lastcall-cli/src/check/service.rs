@@ -1,6 +1,6 @@
 //! The service under test, as a child process in its own process group.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,8 +24,17 @@ pub(crate) struct Service {
     child: Child,
     pid: Pid,
     pub(crate) addr: SocketAddr,
+    /// Where readiness answers: the service's own address unless `--ready-url` says otherwise.
+    pub(crate) ready_addr: SocketAddr,
+    pub(crate) ready_path: String,
     stderr: Arc<Mutex<String>>,
     exited: Option<(ExitStatus, Instant)>,
+    /// After the exit, what still accepted on the service's port (the signal went to a wrapper).
+    pub(crate) survivor: Option<String>,
+    /// What went wrong while `--pre-stop` was played, before the signal.
+    pub(crate) pre_stop_failure: Option<String>,
+    drain_delay: Duration,
+    signalled: bool,
     /// What happened, for the `--html` report.
     pub(crate) timeline: Timeline,
 }
@@ -34,13 +43,21 @@ impl Service {
     /// Starts the service on a free port and waits until its readiness path answers 200.
     pub(crate) async fn start(spec: &Spec) -> anyhow::Result<Service> {
         let timeline = Timeline::new();
-        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        let port = std::net::TcpListener::bind((spec.host, 0))
             .and_then(|l| l.local_addr())
-            .context("finding a free port")?
+            .with_context(|| format!("finding a free port on {} (--host)", spec.host))?
             .port();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let (program, args) = spec
+        let addr = SocketAddr::from((spec.host, port));
+        let (ready_addr, ready_path) = match &spec.ready_url {
+            Some(url) => parse_url(&url.replace("{port}", &port.to_string()))?,
+            None => (addr, spec.ready_path.clone()),
+        };
+        let command_line: Vec<String> = spec
             .command
+            .iter()
+            .map(|arg| arg.replace("{port}", &port.to_string()))
+            .collect();
+        let (program, args) = command_line
             .split_first()
             .context("no command to run: pass one after `--`, or use --demo")?;
         let mut command = Command::new(program);
@@ -65,9 +82,10 @@ impl Service {
             .with_context(|| format!("cannot start {program:?}"))?;
         let pid = Pid::from_raw(child.id().context("the child has no pid")? as i32);
         let stderr = Arc::new(Mutex::new(String::new()));
+        let mut stderr_task = None;
         if let Some(mut pipe) = child.stderr.take() {
             let sink = stderr.clone();
-            tokio::spawn(async move {
+            stderr_task = Some(tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buf).await {
                     if n == 0 {
@@ -83,35 +101,53 @@ impl Service {
                         kept.drain(..cut);
                     }
                 }
-            });
+            }));
         }
         let mut service = Service {
             child,
             pid,
             addr,
+            ready_addr,
+            ready_path,
             stderr,
             exited: None,
+            survivor: None,
+            pre_stop_failure: None,
+            drain_delay: spec.drain_delay,
+            signalled: false,
             timeline,
         };
         let deadline = Instant::now() + spec.start_timeout;
         loop {
             if let Some(status) = service.child.try_wait().context("waiting for the child")? {
+                // Its last words: the pipe ends with the process, unless a grandchild holds it.
+                if let Some(task) = stderr_task.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+                }
                 bail!(
                     "the service exited ({status}) before its readiness path answered 200; its stderr:\n{}",
                     service.stderr()
                 );
             }
-            if client::get(addr, &spec.ready_path, Duration::from_secs(2))
-                .await
-                .is_ok()
+            if client::get(
+                service.ready_addr,
+                &service.ready_path,
+                Duration::from_secs(2),
+            )
+            .await
+            .is_ok()
             {
                 service.timeline.mark(Instant::now(), "ready");
                 return Ok(service);
             }
             if Instant::now() > deadline {
                 bail!(
-                    "{} did not answer 200 on {addr} within {:?}; its stderr:\n{}",
-                    spec.ready_path,
+                    "readiness ({} on {}) did not answer 200 within {:?}: check that the service \
+                     listens on {addr} (PORT is set; `{{port}}` in the command is replaced by \
+                     it) and the readiness options (--ready-path, --ready-url), or raise \
+                     --start-timeout; its stderr:\n{}",
+                    service.ready_path,
+                    service.ready_addr,
                     spec.start_timeout,
                     service.stderr()
                 );
@@ -120,11 +156,58 @@ impl Service {
         }
     }
 
-    /// Sends `signal` to the service process itself.
+    /// Stops the service as the platform would: plays `--pre-stop` (readiness and requests
+    /// probed throughout), then sends the stop signal; returns when it was sent.
+    pub(crate) async fn stop(&mut self, spec: &Spec) -> Instant {
+        if !spec.pre_stop.is_zero() {
+            let started = Instant::now();
+            let end = started + spec.pre_stop;
+            let (mut probes, mut failed) = (0u32, 0u32);
+            let mut first = None;
+            while Instant::now() < end {
+                let ready = client::get(self.ready_addr, &self.ready_path, PROBE_LIMIT).await;
+                let served = client::get(self.addr, &spec.path, PROBE_LIMIT).await;
+                probes += 1;
+                if !ready.is_ok() || !served.is_ok() {
+                    failed += 1;
+                    first.get_or_insert_with(|| {
+                        format!(
+                            "{} ms into the preStop, readiness got {} and {} got {}",
+                            started.elapsed().as_millis(),
+                            ready.describe(),
+                            spec.path,
+                            served.describe()
+                        )
+                    });
+                }
+                // Paced probes, not a synchronisation: the preStop is a fixed length.
+                tokio::time::sleep_until(end.min(Instant::now() + Duration::from_millis(100)))
+                    .await;
+            }
+            self.timeline.shade(started, end, "preStop");
+            if let Some(first) = first {
+                self.pre_stop_failure = Some(format!(
+                    "{failed} of {probes} probes failed during the preStop, before any signal: \
+                     {first}; fix: keep readiness at 200 and serve requests until the signal \
+                     (a preStop sleep only lets the endpoint removal propagate)"
+                ));
+            }
+        }
+        self.signal(spec.signal)
+    }
+
+    /// Sends `signal` to the service process itself; the first one starts the drain delay on
+    /// the timeline.
     pub(crate) fn signal(&mut self, signal: Signal) -> Instant {
+        // The process may be gone already; what it did is judged from its exit.
         let _ = kill(self.pid, signal);
         let at = Instant::now();
-        self.timeline.mark(at, signal.as_str());
+        if !self.signalled && !self.drain_delay.is_zero() {
+            self.timeline
+                .shade(at, at + self.drain_delay, "drain delay");
+        }
+        self.signalled = true;
+        self.timeline.signal(at, signal.as_str());
         at
     }
 
@@ -133,23 +216,34 @@ impl Service {
         if self.exited.is_none() {
             if let Ok(Ok(status)) = tokio::time::timeout(limit, self.child.wait()).await {
                 let at = Instant::now();
-                self.timeline.mark(at, format!("exit ({status})"));
+                self.timeline.mark(at, super::describe_status(status));
                 self.exited = Some((status, at));
+                self.survivor = self.survivor(status).await;
             }
         }
         self.exited
     }
 
+    /// After a scenario: if the process has exited without a scenario waiting for it (one that
+    /// stopped early), records the exit and looks for a survivor on the port all the same.
+    pub(crate) async fn settle(&mut self) {
+        if self.exited.is_some() || !self.signalled {
+            return;
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let at = Instant::now();
+            self.timeline.mark(at, super::describe_status(status));
+            self.exited = Some((status, at));
+            self.survivor = self.survivor(status).await;
+        }
+    }
+
     /// Polls readiness until it answers 503 or the listener refuses; returns what it saw first
     /// and when.
-    pub(crate) async fn watch_readiness(
-        &mut self,
-        spec: &Spec,
-        limit: Duration,
-    ) -> (Outcome, Instant) {
+    pub(crate) async fn watch_readiness(&mut self, limit: Duration) -> (Outcome, Instant) {
         let deadline = Instant::now() + limit;
         loop {
-            let outcome = client::get(self.addr, &spec.ready_path, Duration::from_secs(2)).await;
+            let outcome = client::get(self.ready_addr, &self.ready_path, PROBE_LIMIT).await;
             let done = !matches!(outcome, Outcome::Complete { status: 200, .. });
             if done || Instant::now() > deadline {
                 let at = Instant::now();
@@ -180,12 +274,117 @@ impl Service {
         None
     }
 
+    /// After the process exited: whatever still accepts on its port, with the fix.
+    async fn survivor(&self, status: ExitStatus) -> Option<String> {
+        let holders = listeners(self.addr.port());
+        let accepts = client::connect(self.addr).await.is_ok();
+        if holders.is_empty() && !accepts {
+            return None;
+        }
+        let who = if holders.is_empty() {
+            "something still accepts connections on it".to_owned()
+        } else {
+            holders
+                .iter()
+                .map(|(pid, cmdline)| format!("pid {pid} (`{cmdline}`) still listens on it"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Some(format!(
+            "the process that got the signal exited ({}), but port {} is still served: {who}. \
+             The signal went to a wrapper, not to the server; fix: `exec` the server in the \
+             wrapper script (`sh -c 'exec my-server'`), or run it directly and pass the port \
+             with `{{port}}` in the command",
+            super::describe_status(status),
+            self.addr.port()
+        ))
+    }
+
     pub(crate) fn stderr(&self) -> String {
         self.stderr
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// How long one probe (readiness, a quick request) may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Splits `http://host:port/path` into an address and a path.
+fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let rest = url.strip_prefix("http://").with_context(|| {
+        format!("--ready-url {url:?} is not an http:// URL (http://127.0.0.1:9901/ready)")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .with_context(|| {
+            format!("--ready-url {url:?}: {authority:?} is not a host:port (127.0.0.1:9901)")
+        })?;
+    Ok((addr, path.to_owned()))
+}
+
+/// The processes holding a listening TCP socket on `port`, as (pid, command line); empty where
+/// `/proc` cannot tell.
+fn listeners(port: u16) -> Vec<(u32, String)> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // State 0A is LISTEN.
+            if local_port == Some(port) && *state == "0A" {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for pid in entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        });
+        if holds {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| {
+                    String::from_utf8_lossy(&raw)
+                        .split('\0')
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            found.push((pid, cmdline));
+        }
+    }
+    found
 }
 
 impl Drop for Service {
