@@ -1,6 +1,6 @@
 //! A whole service on lastcall, the README's first example: HTTP, a queue worker and a close
-//! step, with the bounded end of `lastcall::main`. `lastcall check` grades it on every
-//! scenario (`crates/lastcall-cli/tests/check.rs`).
+//! step, with the bounded end of `lastcall::main`. `lastcall check` passes it on every
+//! scenario but `websocket`, a skip: it has no WebSocket route (`crates/lastcall-cli/tests/check.rs`).
 //!
 //! `PORT=3000 cargo run -p lastcall --example 05_service` (features `http`, `axum`, `sqlite`),
 //! then `curl localhost:3000/orders/1` and Ctrl+C. The database is `SERVICE_DB`, else a file in
