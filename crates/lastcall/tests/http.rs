@@ -749,3 +749,312 @@ async fn connections_waiting_in_the_accept_backlog_are_served_not_reset() {
     assert_eq!(run.await.unwrap().exit, Exit::Clean);
     served.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_axum_handler_gets_the_peer_address_from_connect_info() {
+    use axum::extract::ConnectInfo;
+    let controller = Controller::builder()
+        .continue_after_run()
+        .ignore_env()
+        .build()
+        .unwrap();
+    let shutdown = controller.shutdown();
+    let app = Router::new().route(
+        "/peer",
+        get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    );
+    let service = DrainLayer::new(shutdown.clone()).layer(app);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(serve(listener, service, shutdown, ServeConfig::default()));
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    send(&mut client, "/peer").await;
+    let answer = read_answer(&mut client).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body, client.local_addr().unwrap().to_string());
+    controller.trigger().trigger("test");
+    assert_eq!(controller.run().await, std::process::ExitCode::SUCCESS);
+    served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_unix_socket_is_served_and_drained_like_tcp() {
+    use tokio::net::{UnixListener, UnixStream};
+    let dir = std::env::temp_dir().join(format!("lastcall-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("serve.sock");
+    let _ = std::fs::remove_file(&path);
+    let controller = Controller::builder()
+        .continue_after_run()
+        .ignore_env()
+        .drain_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let shutdown = controller.shutdown();
+    let service = DrainLayer::new(shutdown.clone()).layer(app(shutdown.clone()));
+    let listener = UnixListener::bind(&path).unwrap();
+    let served = tokio::spawn(serve(
+        listener,
+        service,
+        shutdown.clone(),
+        ServeConfig::default(),
+    ));
+    // An idle keep-alive connection and a request in flight at the signal.
+    let mut idle = UnixStream::connect(&path).await.unwrap();
+    idle.write_all(b"GET /orders/3 HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut idle).await.body, "{\"id\":3}");
+    let mut busy = UnixStream::connect(&path).await.unwrap();
+    busy.write_all(b"GET /reports/slow?ms=300 HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    while shutdown.tracker().active().by_kind.request == 0 {
+        tokio::task::yield_now().await;
+    }
+    let trigger = controller.trigger();
+    let run = tokio::spawn(controller.run_with_report());
+    trigger.trigger("test");
+    assert_closed_cleanly(&mut idle).await;
+    let answer = read_answer(&mut busy).await;
+    assert_eq!(answer.body, "report ready");
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert_closed_cleanly(&mut busy).await;
+    assert_eq!(run.await.unwrap().exit, Exit::Clean);
+    served.await.unwrap().unwrap();
+    // New connections are refused once the listener has closed.
+    assert!(UnixStream::connect(&path).await.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn http1_keep_alive_off_closes_every_connection_after_its_response() {
+    let config = ServeConfig::default().http1_keep_alive(false);
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    send(&mut client, "/orders/1").await;
+    let answer = read_answer(&mut client).await;
+    assert_eq!(answer.header("connection").as_deref(), Some("close"));
+    assert_closed_cleanly(&mut client).await;
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+}
+
+#[tokio::test]
+async fn a_request_with_more_headers_than_http1_max_headers_is_refused() {
+    let config = ServeConfig::default().http1_max_headers(8);
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
+    let headers: String = (0..12).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET /orders/1 HTTP/1.1\r\nhost: test\r\n{headers}\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, client.read_to_end(&mut answer))
+        .await
+        .expect("answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // Within the limit, the same request is served.
+    let headers: String = (0..4).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET /orders/1 HTTP/1.1\r\nhost: test\r\n{headers}\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut client).await.status, 200);
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+}
+
+/// The server's HTTP/2 `SETTINGS` (identifier, value) and the window increment of its first
+/// connection-level `WINDOW_UPDATE`, if it sends one, read from raw frames.
+async fn http2_server_settings(addr: SocketAddr) -> (Vec<(u16, u32)>, Option<u32>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The client preface and an empty SETTINGS frame.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut settings = None;
+    let mut window = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let mut head = [0u8; 9];
+        let read = tokio::time::timeout_at(deadline, stream.read_exact(&mut head)).await;
+        let Ok(Ok(_)) = read else { break };
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        match kind {
+            // SETTINGS, not an acknowledgement.
+            0x4 if flags & 0x1 == 0 => {
+                settings = Some(
+                    payload
+                        .chunks(6)
+                        .map(|c| {
+                            (
+                                u16::from_be_bytes([c[0], c[1]]),
+                                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                            )
+                        })
+                        .collect(),
+                );
+            }
+            0x8 if stream_id == 0 => {
+                window = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+            }
+            _ => {}
+        }
+        if settings.is_some() && window.is_some() {
+            break;
+        }
+    }
+    (settings.expect("the server sent its SETTINGS"), window)
+}
+
+#[tokio::test]
+async fn http2_settings_are_sent_to_the_client_as_configured() {
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    const MAX_FRAME_SIZE: u16 = 0x5;
+    const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+    const ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
+    let config = ServeConfig::default()
+        .http2_max_concurrent_streams(7)
+        .http2_initial_stream_window_size(100_000)
+        .http2_initial_connection_window_size(3_000_000)
+        .http2_max_frame_size(32_768)
+        .http2_max_header_list_size(9_000);
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
+    let (settings, window) = http2_server_settings(server.addr).await;
+    let value = |id| settings.iter().find(|(k, _)| *k == id).map(|(_, v)| *v);
+    assert_eq!(value(MAX_CONCURRENT_STREAMS), Some(7), "{settings:?}");
+    assert_eq!(value(INITIAL_WINDOW_SIZE), Some(100_000), "{settings:?}");
+    assert_eq!(value(MAX_FRAME_SIZE), Some(32_768), "{settings:?}");
+    assert_eq!(value(MAX_HEADER_LIST_SIZE), Some(9_000), "{settings:?}");
+    // On by default, as under axum::serve, for WebSockets over HTTP/2.
+    assert_eq!(value(ENABLE_CONNECT_PROTOCOL), Some(1), "{settings:?}");
+    // The connection window starts at 65,535 and is raised to the configured size.
+    assert_eq!(window, Some(3_000_000 - 65_535));
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+
+    let config = ServeConfig::default().http2_connect_protocol(false);
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
+    let (settings, _) = http2_server_settings(server.addr).await;
+    assert!(
+        !settings.contains(&(ENABLE_CONNECT_PROTOCOL, 1)),
+        "{settings:?}"
+    );
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+}
+
+#[tokio::test]
+async fn a_burst_of_connections_waits_in_the_backlog_of_listen() {
+    let listener = lastcall::http::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Nobody accepts: 1,000 handshakes must all complete in the kernel's queue, where a
+    // backlog of 128 would drop most of them.
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        let connected = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr))
+            .await
+            .expect("the handshake completes at once")
+            .unwrap();
+        clients.push(connected);
+    }
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_half_sent_head_waiting_in_the_backlog_does_not_hold_the_shutdown() {
+    // The header-read timeout (default 10 s) is longer than the budget's wait for work.
+    let controller = Controller::builder()
+        .continue_after_run()
+        .ignore_env()
+        .budget(Duration::from_secs(5))
+        .drain_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let shutdown = controller.shutdown();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Connected and half a head sent, not yet accepted when the listener closes.
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /orders/1 HTTP/1.1\r\nhost: te")
+        .await
+        .unwrap();
+    // Holds the shutdown until the server has taken the connection.
+    let job = shutdown.tracker().job("held by the test");
+    let trigger = controller.trigger();
+    let run = tokio::spawn(controller.run_with_report());
+    trigger.trigger("test");
+    shutdown.reached(Phase::StopAccepting).await;
+    let service = DrainLayer::new(shutdown.clone()).layer(app(shutdown.clone()));
+    let served = tokio::spawn(lastcall::http::serve_std(
+        listener,
+        service,
+        shutdown.clone(),
+        ServeConfig::default(),
+    ));
+    while shutdown.tracker().active().by_kind.connection == 0 {
+        tokio::task::yield_now().await;
+    }
+    drop(job);
+    assert_closed_cleanly(&mut half).await;
+    let report = run.await.unwrap();
+    assert_eq!(report.exit, Exit::Clean, "{report}");
+    assert!(report.phase(Phase::WaitForWork).unwrap().duration < Duration::from_secs(3));
+    served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn http2_keep_alive_pings_an_idle_connection() {
+    let config = ServeConfig::default().http2_keep_alive(Duration::from_millis(100), PATIENCE);
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let pinged = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            // PING, not an acknowledgement.
+            if head[3] == 0x6 && head[4] & 0x1 == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(pinged.is_ok(), "the server pinged the idle connection");
+    drop(stream);
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+}
+
+#[tokio::test]
+async fn a_request_head_longer_than_http1_max_buf_size_is_refused() {
+    let config = ServeConfig::default().http1_max_buf_size(8192);
+    let server = start_with(Controller::builder().continue_after_run(), config).await;
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let padding = "a".repeat(20_000);
+    let request = format!("GET /orders/1 HTTP/1.1\r\nhost: test\r\nx-pad: {padding}\r\n\r\n");
+    // The server may close before reading it all.
+    let _ = client.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, client.read_to_end(&mut answer))
+        .await
+        .expect("answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    server.trigger.clone().trigger("test");
+    assert_eq!(server.finish().await.exit, Exit::Clean);
+}

@@ -13,6 +13,8 @@ mod controller;
 mod process;
 // The HTTP drain on real sockets (features `http`, `axum`).
 mod http;
+// `http::serve` in a real process with real signals: slow and half-open clients.
+mod serve;
 // gRPC through a shutdown with a real tonic client (feature `tonic`).
 mod grpc;
 // The OpenTelemetry flush step, with the OTLP/HTTP exporter and an in-test receiver.

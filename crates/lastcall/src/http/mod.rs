@@ -6,8 +6,11 @@
 //!   ([`DrainPolicy`]).
 //! - [`serve`] runs a service on a listener with hyper-util (HTTP/1.1 and HTTP/2): it stops
 //!   accepting in the stop-accepting phase, closes idle keep-alive connections at once and
-//!   cleanly, lets busy ones finish with `Connection: close` (HTTP/2: GOAWAY), and cuts what is
-//!   left at the wait-for-work deadline.
+//!   cleanly, lets busy ones finish with `Connection: close` (HTTP/2: GOAWAY), closes a
+//!   connection whose request head is still incomplete after a short grace, and cuts what is
+//!   left at the wait-for-work deadline. It serves TCP and Unix domain sockets ([`Listener`]),
+//!   gives handlers axum's `ConnectInfo`, and takes hyper's HTTP/1 and HTTP/2 settings
+//!   ([`ServeConfig`]); [`listen`] binds with the system's largest accept backlog.
 //! - [`sse`] (feature `axum`) ends Server-Sent Events streams with a final event when
 //!   stop-accepting begins.
 //! - [`ws`] (feature `websocket`) closes WebSockets with 1001 "going away" when stop-accepting
@@ -52,7 +55,7 @@ pub mod ws;
 pub use body::DrainBody;
 pub use future::ResponseFuture;
 pub use layer::{DrainLayer, DrainPolicy, HealthPaths};
-pub use serve::{serve, serve_std, ServeConfig};
+pub use serve::{listen, serve, serve_std, Listener, ServeConfig};
 pub use service::Drain;
 
 /// A response extension that makes [`DrainLayer`] track the response as a

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,7 +23,24 @@ use tower_service::Service;
 use super::body::Guarded;
 use crate::{BoxError, Phase, Shutdown, WorkGuard, WorkKind};
 
-/// How [`serve`] treats connections.
+/// How long a request head half read at stop-accepting may take to complete, at most (less
+/// when its header-read timeout has less left): a client that trickles its head cannot hold
+/// the shutdown.
+const HEAD_GRACE: Duration = Duration::from_secs(1);
+
+/// HTTP/2's largest flow-control window (RFC 9113, 6.9.1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// How long before the wait-for-work deadline a connection that only waits for a request is
+/// closed, so that it is never counted as work cut there.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
+/// How [`serve`] treats connections: its own timeouts and close behaviour, and hyper's
+/// HTTP/1 and HTTP/2 settings.
+///
+/// hyper's settings that are not set here keep hyper's defaults, except HTTP/2's extended
+/// CONNECT protocol (RFC 8441), which is on, as under `axum::serve`, so WebSockets work over
+/// HTTP/2.
 ///
 /// # Examples
 ///
@@ -31,7 +48,11 @@ use crate::{BoxError, Phase, Shutdown, WorkGuard, WorkKind};
 /// use std::time::Duration;
 /// use lastcall::http::ServeConfig;
 ///
-/// let config = ServeConfig::default().header_read_timeout(Duration::from_secs(5));
+/// let config = ServeConfig::default()
+///     .header_read_timeout(Duration::from_secs(5))
+///     .http1_max_headers(64)
+///     .http2_max_concurrent_streams(100)
+///     .http2_initial_stream_window_size(1 << 20);
 /// # let _ = config;
 /// ```
 #[derive(Debug, Clone)]
@@ -40,6 +61,46 @@ pub struct ServeConfig {
     idle_timeout: Duration,
     linger: Duration,
     idle_close_delay: Duration,
+    http1: Http1Settings,
+    http2: Http2Settings,
+}
+
+/// hyper's HTTP/1 settings; `None` keeps hyper's default.
+#[derive(Debug, Clone, Default)]
+struct Http1Settings {
+    keep_alive: Option<bool>,
+    max_headers: Option<usize>,
+    max_buf_size: Option<usize>,
+}
+
+/// hyper's HTTP/2 settings; `None` keeps hyper's default.
+#[derive(Debug, Clone)]
+struct Http2Settings {
+    max_concurrent_streams: Option<u32>,
+    initial_stream_window_size: Option<u32>,
+    initial_connection_window_size: Option<u32>,
+    adaptive_window: Option<bool>,
+    max_frame_size: Option<u32>,
+    max_header_list_size: Option<u32>,
+    keep_alive_interval: Option<Duration>,
+    keep_alive_timeout: Option<Duration>,
+    connect_protocol: bool,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            max_concurrent_streams: None,
+            initial_stream_window_size: None,
+            initial_connection_window_size: None,
+            adaptive_window: None,
+            max_frame_size: None,
+            max_header_list_size: None,
+            keep_alive_interval: None,
+            keep_alive_timeout: None,
+            connect_protocol: true,
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -49,6 +110,8 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             linger: Duration::from_secs(1),
             idle_close_delay: Duration::ZERO,
+            http1: Http1Settings::default(),
+            http2: Http2Settings::default(),
         }
     }
 }
@@ -58,6 +121,9 @@ impl ServeConfig {
     /// (default 10 s), so a client that trickles its headers cannot hold a connection open.
     /// Checked every half timeout: a late head is refused (the connection closed) between 1 and
     /// 1.5 timeouts after its first byte. A silent client is the idle timeout's.
+    ///
+    /// At stop-accepting, a head half read gets at most 1 s more (less when its timeout has
+    /// less left), then its connection is closed without a request, which is not work cut.
     pub fn header_read_timeout(mut self, timeout: Duration) -> ServeConfig {
         self.header_read_timeout = timeout;
         self
@@ -96,6 +162,273 @@ impl ServeConfig {
         self.idle_close_delay = delay;
         self
     }
+
+    /// Whether HTTP/1 connections are kept alive between requests (default `true`). With
+    /// `false` every response says `Connection: close` and its connection closes after it.
+    pub fn http1_keep_alive(mut self, enabled: bool) -> ServeConfig {
+        self.http1.keep_alive = Some(enabled);
+        self
+    }
+
+    /// The most header fields an HTTP/1 request may have (hyper's default: 100); a request
+    /// with more is answered `431 Request Header Fields Too Large` and its connection closed.
+    pub fn http1_max_headers(mut self, max: usize) -> ServeConfig {
+        self.http1.max_headers = Some(max);
+        self
+    }
+
+    /// The largest HTTP/1 read buffer, which bounds a request head's size (hyper's default:
+    /// about 400 KiB; at least 8192). A longer head is answered `431`.
+    pub fn http1_max_buf_size(mut self, max: usize) -> ServeConfig {
+        self.http1.max_buf_size = Some(max.max(8192));
+        self
+    }
+
+    /// The most streams an HTTP/2 client may open at once on one connection (hyper's default:
+    /// 200), sent in the server's `SETTINGS`.
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> ServeConfig {
+        self.http2.max_concurrent_streams = Some(max);
+        self
+    }
+
+    /// HTTP/2's initial flow-control window per stream, in bytes (hyper's default: 1 MiB; at
+    /// most 2^31 - 1, HTTP/2's limit, to which a larger value is lowered), sent in the
+    /// server's `SETTINGS`.
+    pub fn http2_initial_stream_window_size(mut self, size: u32) -> ServeConfig {
+        self.http2.initial_stream_window_size = Some(size.min(MAX_WINDOW));
+        self
+    }
+
+    /// HTTP/2's initial flow-control window per connection, in bytes (hyper's default:
+    /// 1 MiB; at most 2^31 - 1), sent as the server's first `WINDOW_UPDATE`.
+    pub fn http2_initial_connection_window_size(mut self, size: u32) -> ServeConfig {
+        self.http2.initial_connection_window_size = Some(size.min(MAX_WINDOW));
+        self
+    }
+
+    /// Whether HTTP/2 sizes its flow-control windows from the measured bandwidth-delay product
+    /// (default `false`); when on, the two window sizes above are ignored.
+    pub fn http2_adaptive_window(mut self, enabled: bool) -> ServeConfig {
+        self.http2.adaptive_window = Some(enabled);
+        self
+    }
+
+    /// The largest HTTP/2 frame payload the server accepts, in bytes (hyper's default: 16 KiB),
+    /// sent in the server's `SETTINGS`. HTTP/2 allows 16,384 to 16,777,215; a value outside is
+    /// brought to the nearest bound (hyper would panic on it).
+    pub fn http2_max_frame_size(mut self, size: u32) -> ServeConfig {
+        self.http2.max_frame_size = Some(size.clamp(16_384, 16_777_215));
+        self
+    }
+
+    /// The largest HTTP/2 header list the server accepts, in bytes (hyper's default: 16 KiB),
+    /// sent in the server's `SETTINGS`.
+    pub fn http2_max_header_list_size(mut self, size: u32) -> ServeConfig {
+        self.http2.max_header_list_size = Some(size);
+        self
+    }
+
+    /// How often an HTTP/2 connection is pinged to check it is alive (default: never), and
+    /// how long a ping may go unanswered before the connection is closed (hyper's default:
+    /// 20 s).
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> ServeConfig {
+        self.http2.keep_alive_interval = Some(interval);
+        self.http2.keep_alive_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether HTTP/2 offers the extended CONNECT protocol (RFC 8441, default `true`), which
+    /// WebSockets over HTTP/2 need; axum's own `serve` turns it on too.
+    pub fn http2_connect_protocol(mut self, enabled: bool) -> ServeConfig {
+        self.http2.connect_protocol = enabled;
+        self
+    }
+
+    /// A connection builder with hyper's settings applied.
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = builder.http1();
+        // The header-read timeout is enforced by `connection` itself, not by hyper's timer,
+        // which costs a timer-wheel entry and an extra read poll per request (see `ConnState`).
+        http1.header_read_timeout(None);
+        if let Some(enabled) = self.http1.keep_alive {
+            http1.keep_alive(enabled);
+        }
+        if let Some(max) = self.http1.max_headers {
+            http1.max_headers(max);
+        }
+        if let Some(max) = self.http1.max_buf_size {
+            http1.max_buf_size(max);
+        }
+        let mut http2 = builder.http2();
+        http2.timer(TokioTimer::new());
+        let h2 = &self.http2;
+        if let Some(max) = h2.max_concurrent_streams {
+            http2.max_concurrent_streams(max);
+        }
+        if let Some(size) = h2.initial_stream_window_size {
+            http2.initial_stream_window_size(size);
+        }
+        if let Some(size) = h2.initial_connection_window_size {
+            http2.initial_connection_window_size(size);
+        }
+        if let Some(enabled) = h2.adaptive_window {
+            http2.adaptive_window(enabled);
+        }
+        if let Some(size) = h2.max_frame_size {
+            http2.max_frame_size(size);
+        }
+        if let Some(size) = h2.max_header_list_size {
+            http2.max_header_list_size(size);
+        }
+        if let Some(interval) = h2.keep_alive_interval {
+            http2.keep_alive_interval(interval);
+        }
+        if let Some(timeout) = h2.keep_alive_timeout {
+            http2.keep_alive_timeout(timeout);
+        }
+        if h2.connect_protocol {
+            http2.enable_connect_protocol();
+        }
+        builder
+    }
+}
+
+/// A source of connections for [`serve`]: a [`tokio::net::TcpListener`], or on Unix a
+/// [`tokio::net::UnixListener`].
+///
+/// Sealed: [`serve`] needs to know a socket's kind to close it without a reset.
+pub trait Listener: sealed::Accept {}
+
+impl Listener for TcpListener {}
+
+#[cfg(unix)]
+impl Listener for tokio::net::UnixListener {}
+
+mod sealed {
+    use std::future::Future;
+    use std::io;
+
+    use tokio::io::{AsyncRead, AsyncWrite};
+
+    /// What [`serve`](super::serve) needs of a listener and its sockets.
+    #[allow(unreachable_pub)] // Sealed: nameable only through `Listener`.
+    pub trait Accept: Send + 'static {
+        /// An accepted connection's socket.
+        type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+        /// A peer's address, inserted into each request's extensions.
+        type Addr: Clone + std::fmt::Debug + Send + Sync + 'static;
+
+        /// Accepts one connection.
+        fn accept_one(&self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send;
+
+        /// The listening address, for the logs.
+        fn describe(&self) -> String;
+
+        /// Prepares an accepted socket (no Nagle delay for TCP).
+        fn prepare(io: &Self::Io);
+
+        /// Whether the client has sent bytes nobody read.
+        fn has_unread(io: &Self::Io) -> bool;
+    }
+}
+
+impl sealed::Accept for TcpListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    fn accept_one(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+        self.accept()
+    }
+
+    fn describe(&self) -> String {
+        match self.local_addr() {
+            Ok(addr) => addr.to_string(),
+            Err(_) => "a TCP listener".to_owned(),
+        }
+    }
+
+    fn prepare(io: &TcpStream) {
+        let _ = io.set_nodelay(true);
+    }
+
+    fn has_unread(io: &TcpStream) -> bool {
+        peek_unread(socket2::SockRef::from(io))
+    }
+}
+
+#[cfg(unix)]
+impl sealed::Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    fn accept_one(
+        &self,
+    ) -> impl Future<Output = io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)>> + Send
+    {
+        self.accept()
+    }
+
+    fn describe(&self) -> String {
+        match self.local_addr() {
+            Ok(addr) => format!("{addr:?}"),
+            Err(_) => "a Unix listener".to_owned(),
+        }
+    }
+
+    fn prepare(_: &tokio::net::UnixStream) {}
+
+    fn has_unread(io: &tokio::net::UnixStream) -> bool {
+        peek_unread(socket2::SockRef::from(io))
+    }
+}
+
+/// Binds a TCP listener on `addr` with the system's largest accept backlog, so a burst of
+/// connections at the moment of a shutdown waits in the kernel's queue for [`serve`] to take
+/// it rather than being dropped or reset.
+///
+/// `tokio::net::TcpListener::bind` asks for a backlog of 1,024, and many servers 128; a
+/// connection that finds the queue full has its handshake dropped, and retried a second
+/// later, by which time the listener may be closed. On Linux the backlog is
+/// `/proc/sys/net/core/somaxconn` (4,096 since Linux 5.4), elsewhere 1,024. `SO_REUSEADDR` is
+/// set, as `TcpListener::bind` does, so a restarted service can bind at once.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let listener = lastcall::http::listen(([127, 0, 0, 1], 3000).into())?;
+/// # let _ = listener; Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// If the socket cannot be created, bound (the address is in use, say) or listened on.
+///
+/// # Panics
+///
+/// Outside a tokio runtime with I/O enabled, as [`TcpListener::from_std`].
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(max_backlog())?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The system's largest accept backlog: Linux's `net.core.somaxconn`, else 1,024.
+fn max_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1024)
 }
 
 /// Serves `service` on `listener` until the shutdown has stopped accepting and every connection
@@ -109,12 +442,57 @@ impl ServeConfig {
 ///   current request with `Connection: close` and then close; HTTP/2 connections get GOAWAY and
 ///   finish their streams. Closing sends FIN and waits (bounded) for the client's, never a
 ///   reset.
+/// - A connection whose request head is half read at stop-accepting gets a short grace (at most
+///   1 s, or what its header-read timeout has left); if the head is still incomplete then,
+///   the connection is closed without a request. A client trickling its head (slowloris) holds
+///   the shutdown for that grace at most, and is never counted as work cut. The number of
+///   connections closed without a request is logged when `serve` returns.
 /// - Every connection is tracked as [`WorkKind::Connection`] work, so waiting for work covers
 ///   them; at the wait-for-work deadline the ones still open are closed, and the report names
 ///   them.
+/// - Each request carries its peer's address in its extensions, as axum's
+///   `ConnectInfo<SocketAddr>` (feature `axum`; `ConnectInfo<tokio::net::unix::SocketAddr>` on a
+///   Unix socket), so handlers that extract it work as under `axum::serve`.
 ///
 /// Wrap the service in a [`DrainLayer`](super::DrainLayer) so requests are tracked and the
 /// health paths answered.
+///
+/// # Examples
+///
+/// Listening with the system's largest backlog ([`listen`]), so a burst of connections at the
+/// moment of the signal is queued, not dropped:
+///
+/// ```no_run
+/// use lastcall::http::{listen, serve, DrainLayer, ServeConfig};
+/// use lastcall::Controller;
+/// use tower::Layer;
+///
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let controller = Controller::from_env().expect("valid LASTCALL_* settings");
+/// let shutdown = controller.shutdown();
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+/// let app = DrainLayer::new(shutdown.clone()).layer(app);
+/// // The same as `TcpListener::bind`, with `net.core.somaxconn` as the backlog.
+/// let listener = listen(([127, 0, 0, 1], 3000).into())?;
+/// let server = tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()));
+/// let code = controller.run().await;
+/// let _ = server.await;
+/// # let _ = code; Ok(()) }
+/// ```
+///
+/// A Unix domain socket, with the same drain:
+///
+/// ```no_run
+/// # use lastcall::http::{serve, DrainLayer, ServeConfig};
+/// # use tower::Layer;
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// # let controller = lastcall::Controller::from_env().expect("valid settings");
+/// # let shutdown = controller.shutdown();
+/// # let app = DrainLayer::new(shutdown.clone()).layer(axum::Router::new());
+/// let listener = tokio::net::UnixListener::bind("/run/orders.sock")?;
+/// let server = tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()));
+/// # controller.run().await; let _ = server.await; Ok(()) }
+/// ```
 ///
 /// # Errors
 ///
@@ -124,13 +502,14 @@ impl ServeConfig {
 /// # Cancel safety
 ///
 /// Dropping the future stops accepting and drops every connection at once; let it finish.
-pub async fn serve<S, B>(
-    listener: TcpListener,
+pub async fn serve<L, S, B>(
+    listener: L,
     service: S,
     shutdown: Shutdown,
     config: ServeConfig,
 ) -> io::Result<()>
 where
+    L: Listener,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -138,31 +517,31 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The header-read timeout is enforced by `connection` itself, not by hyper's timer,
-    // which costs a timer-wheel entry and an extra read poll per request (see `ConnState`).
-    builder.http1().header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
-    let local = listener.local_addr().ok();
+    let builder = config.builder();
+    let local = listener.describe();
     let connections = TaskTracker::new();
+    let without_request = Arc::new(AtomicUsize::new(0));
     let stop = shutdown.reached(Phase::StopAccepting);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             biased;
             _ = &mut stop => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept_one() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                connections.spawn(connection(
+                L::prepare(&stream);
+                connections.spawn(connection::<L, S, B>(
                     stream,
                     peer,
                     service.clone(),
                     builder.clone(),
-                    shutdown.clone(),
-                    config.clone(),
+                    Served {
+                        shutdown: shutdown.clone(),
+                        config: config.clone(),
+                        without_request: without_request.clone(),
+                    },
                     Arrival::BeforeStop,
                 ));
             }
@@ -178,25 +557,33 @@ where
     let mut late = builder.clone();
     late.http1().keep_alive(false);
     let mut backlog = 0usize;
-    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
+    while let Ok(Ok((stream, peer))) =
+        tokio::time::timeout(Duration::ZERO, listener.accept_one()).await
     {
         backlog += 1;
-        let _ = stream.set_nodelay(true);
-        connections.spawn(connection(
+        L::prepare(&stream);
+        connections.spawn(connection::<L, S, B>(
             stream,
             peer,
             service.clone(),
             late.clone(),
-            shutdown.clone(),
-            config.clone(),
+            Served {
+                shutdown: shutdown.clone(),
+                config: config.clone(),
+                without_request: without_request.clone(),
+            },
             Arrival::AfterStop,
         ));
     }
     drop(listener);
-    tracing::info!(addr = ?local, backlog, "listener closed; new connections are refused");
+    tracing::info!(addr = %local, backlog, "listener closed; new connections are refused");
     connections.close();
     connections.wait().await;
-    tracing::debug!(addr = ?local, "every connection closed");
+    tracing::info!(
+        addr = %local,
+        closed_without_request = without_request.load(Ordering::Relaxed),
+        "every connection closed"
+    );
     Ok(())
 }
 
@@ -223,15 +610,23 @@ where
     serve(TcpListener::from_std(listener)?, service, shutdown, config).await
 }
 
-async fn connection<S, B>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    service: S,
-    builder: auto::Builder<TokioExecutor>,
+/// What every connection of one [`serve`] shares.
+struct Served {
     shutdown: Shutdown,
     config: ServeConfig,
+    /// Connections the shutdown closed before their first request or with a head half read.
+    without_request: Arc<AtomicUsize>,
+}
+
+async fn connection<L, S, B>(
+    stream: L::Io,
+    peer: L::Addr,
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    served: Served,
     arrival: Arrival,
 ) where
+    L: Listener,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -239,11 +634,16 @@ async fn connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let Served {
+        shutdown,
+        config,
+        without_request,
+    } = served;
     let guard = shutdown
         .tracker()
-        .track(WorkKind::Connection, format!("connection {peer}"));
+        .track(WorkKind::Connection, format!("connection {peer:?}"));
     let state = Arc::new(ConnState::new());
-    let io = Lingering {
+    let io = Lingering::<L> {
         stream: Some(stream),
         guard: Some(guard),
         shutdown: shutdown.clone(),
@@ -253,6 +653,10 @@ async fn connection<S, B>(
     let service = Counted {
         inner: service,
         state: state.clone(),
+        #[cfg(feature = "axum")]
+        peer: peer.clone(),
+        #[cfg(not(feature = "axum"))]
+        peer: std::marker::PhantomData::<L::Addr>,
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
@@ -275,6 +679,9 @@ async fn connection<S, B>(
     // Set at stop-accepting while waiting for a next request (see below): until when, and
     // how many requests the connection had had.
     let mut next_wait: Option<(tokio::time::Instant, u64)> = None;
+    // For a connection taken from the backlog after stop-accepting: until when it may take to
+    // send its first request.
+    let mut first_request_by: Option<tokio::time::Instant> = None;
     // Not `select!`: that would poll the two phase futures and the timer at every wake of the
     // connection, and a phase future's poll takes the lock of a `Notify` that every
     // connection shares. They are polled once, to register this task's waker (which a task
@@ -283,7 +690,7 @@ async fn connection<S, B>(
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
             if let Err(error) = ended {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+                tracing::debug!(?peer, %error, "connection ended with an error");
             }
             return Poll::Ready(());
         }
@@ -295,8 +702,38 @@ async fn connection<S, B>(
         }
         let phase = shutdown.phase();
         if phase >= Phase::FlushTelemetry {
-            tracing::warn!(%peer, "connection still open at the wait deadline; closing it");
+            tracing::warn!(
+                ?peer,
+                "connection still open at the wait deadline; closing it"
+            );
             return Poll::Ready(());
+        }
+        if arrival == Arrival::AfterStop
+            && state.requests.load(Ordering::Relaxed) == 0
+            && state.in_flight.load(Ordering::Relaxed) == 0
+        {
+            // Taken from the backlog and still without a whole request (silent, or trickling
+            // its head): the same grace as a head half read at the stop, then closed without
+            // a request, which hyper would not do before its first request.
+            let now = tokio::time::Instant::now();
+            let until = *first_request_by.get_or_insert_with(|| {
+                let until = now + HEAD_GRACE.min(config.linger);
+                match shutdown.deadline(Phase::WaitForWork) {
+                    Some(deadline) => {
+                        until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now))
+                    }
+                    None => until,
+                }
+            });
+            if now >= until {
+                tracing::debug!(?peer, "no request after its grace; closing");
+                state.closed_in_head.store(true, Ordering::Relaxed);
+                return Poll::Ready(());
+            }
+            if timer.deadline() > until {
+                timer.as_mut().reset(until);
+                let _ = timer.as_mut().poll(cx);
+            }
         }
         if phase >= Phase::StopAccepting && !draining {
             // An HTTP/1 connection with no request in flight is not closed at once when
@@ -312,19 +749,42 @@ async fn connection<S, B>(
             let now = tokio::time::Instant::now();
             let (until, requests_at_stop) = *next_wait.get_or_insert_with(|| {
                 // (Connections accepted after the stop start out draining: not here.)
-                let head = state.head_started.load(Ordering::Relaxed) != 0;
-                let wait = if requests == 0 || head {
-                    config.linger
-                } else {
-                    config.idle_close_delay
+                let wait = match state.reading_head_for(crate::clock::read()) {
+                    // A head half read gets a short grace, never more than its header-read
+                    // timeout has left: a client that trickles its head cannot hold the
+                    // shutdown.
+                    Some(reading) => {
+                        HEAD_GRACE.min(config.header_read_timeout.saturating_sub(reading))
+                    }
+                    None if requests == 0 => config.linger,
+                    None => config.idle_close_delay,
                 };
-                (now + wait, requests)
+                let mut until = now + wait;
+                // A connection that waits for a request is not work: it must not still be
+                // open at the wait-for-work deadline, where it would count as work cut.
+                if let Some(deadline) = shutdown.deadline(Phase::WaitForWork) {
+                    until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
+                }
+                (until, requests)
             });
             let waiting = now < until
                 && requests == requests_at_stop
                 && state.in_flight.load(Ordering::Relaxed) == 0
                 && !state.no_heads.load(Ordering::Relaxed);
             if !waiting {
+                if state.in_flight.load(Ordering::Relaxed) == 0
+                    && state.reading_head_for(crate::clock::read()).is_some()
+                {
+                    // hyper ignores a graceful shutdown while a head is half read, and would
+                    // keep the connection until its header-read timeout: close it here, through
+                    // the socket's polite close, as a connection without a request.
+                    tracing::debug!(
+                        ?peer,
+                        "request head still incomplete after its grace; closing"
+                    );
+                    state.closed_in_head.store(true, Ordering::Relaxed);
+                    return Poll::Ready(());
+                }
                 draining = true;
                 // HTTP/1: close if idle, else finish the current exchange with `Connection:
                 // close`. HTTP/2: GOAWAY, then finish the open streams.
@@ -350,17 +810,31 @@ async fn connection<S, B>(
         let _ = timer.as_mut().poll(cx);
         if let Some(reading) = state.reading_head_for(now) {
             if reading >= config.header_read_timeout {
-                tracing::debug!(%peer, reading_ms = reading.as_millis() as u64, "request head not complete in time; closing");
+                tracing::debug!(
+                    ?peer,
+                    reading_ms = reading.as_millis() as u64,
+                    "request head not complete in time; closing"
+                );
                 return Poll::Ready(());
             }
         }
         if quiet >= config.idle_timeout && !draining {
-            tracing::debug!(%peer, quiet_ms = quiet.as_millis() as u64, "closing an idle connection");
+            tracing::debug!(
+                ?peer,
+                quiet_ms = quiet.as_millis() as u64,
+                "closing an idle connection"
+            );
             draining = true;
             conn.as_mut().graceful_shutdown();
         }
     })
     .await;
+    if (next_wait.is_some() || first_request_by.is_some())
+        && (state.closed_in_head.load(Ordering::Relaxed)
+            || state.requests.load(Ordering::Relaxed) == 0)
+    {
+        without_request.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What a connection's socket, its service and its loop share; only that connection's task
@@ -384,6 +858,9 @@ struct ConnState {
     requests: AtomicU64,
     /// HTTP/2 or upgraded: no HTTP/1 heads to time any more.
     no_heads: AtomicBool,
+    /// Closed by the shutdown with a head half read: not work, so its polite close is not
+    /// tracked.
+    closed_in_head: AtomicBool,
 }
 
 impl ConnState {
@@ -394,6 +871,7 @@ impl ConnState {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             no_heads: AtomicBool::new(false),
+            closed_in_head: AtomicBool::new(false),
         }
     }
 
@@ -438,16 +916,22 @@ impl Drop for InFlight {
     }
 }
 
-/// The connection's service: marks each request in flight until its response body is done.
+/// The connection's service: marks each request in flight until its response body is done,
+/// and gives it its peer's address as axum's `ConnectInfo`.
 #[derive(Clone)]
-struct Counted<S> {
+struct Counted<S, A> {
     inner: S,
     state: Arc<ConnState>,
+    #[cfg(feature = "axum")]
+    peer: A,
+    #[cfg(not(feature = "axum"))]
+    peer: std::marker::PhantomData<A>,
 }
 
-impl<S, B> Service<Request<Incoming>> for Counted<S>
+impl<S, B, A> Service<Request<Incoming>> for Counted<S, A>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
+    A: Clone + Send + Sync + 'static,
 {
     type Response = Response<CountedBody<B>>;
     type Error = S::Error;
@@ -457,7 +941,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    #[cfg_attr(not(feature = "axum"), allow(unused_mut))]
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        #[cfg(feature = "axum")]
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer.clone()));
         let in_flight = self.state.head_read(req.version());
         CountedFuture {
             inner: self.inner.call(req),
@@ -507,8 +995,8 @@ enum Arrival {
 /// done with it and the client has sent bytes nobody read, the socket sends FIN and reads
 /// until the client's FIN (bounded) instead of closing with unread data, which the kernel
 /// would answer with a reset. With nothing unread it closes at once.
-struct Lingering {
-    stream: Option<TcpStream>,
+struct Lingering<L: Listener> {
+    stream: Option<L::Io>,
     // The connection counts as work until its socket is really closed.
     guard: Option<WorkGuard>,
     shutdown: Shutdown,
@@ -517,7 +1005,7 @@ struct Lingering {
     state: Arc<ConnState>,
 }
 
-impl Lingering {
+impl<L: Listener> Lingering<L> {
     fn touch(&self) {
         self.state
             .last_io
@@ -534,14 +1022,14 @@ impl Lingering {
         polled
     }
 
-    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+    fn stream(&mut self) -> io::Result<&mut L::Io> {
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
-impl AsyncRead for Lingering {
+impl<L: Listener> AsyncRead for Lingering<L> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -559,7 +1047,7 @@ impl AsyncRead for Lingering {
     }
 }
 
-impl AsyncWrite for Lingering {
+impl<L: Listener> AsyncWrite for Lingering<L> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -603,7 +1091,7 @@ impl AsyncWrite for Lingering {
     }
 }
 
-impl Drop for Lingering {
+impl<L: Listener> Drop for Lingering<L> {
     fn drop(&mut self) {
         let phase = self.shutdown.phase();
         // Before the shutdown, and once the wait deadline has passed, close as usual.
@@ -613,10 +1101,16 @@ impl Drop for Lingering {
         let Some(stream) = self.stream.take() else {
             return;
         };
+        // A connection closed with its head half read always closes politely, since its
+        // client is still sending, but that close is not work: its guard goes now.
+        let in_head = self.state.closed_in_head.load(Ordering::Relaxed);
+        if in_head {
+            self.guard = None;
+        }
         // Nothing unread: closing now sends FIN, not a reset, so there is nothing to linger
         // for (nginx's heuristic too). Waiting for the client's FIN would only hold the
         // process for a round trip after its last response.
-        if !has_unread(&stream) {
+        if !in_head && !L::has_unread(&stream) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -641,14 +1135,14 @@ impl Drop for Lingering {
 /// Whether the client has sent bytes nobody read (a pipelined request, an unread body):
 /// closing the socket now would answer them with a reset, which can destroy the response still
 /// on its way to the client. A closed or failed socket has nothing unread.
-fn has_unread(stream: &TcpStream) -> bool {
+fn peek_unread(socket: socket2::SockRef<'_>) -> bool {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     // A non-blocking peek: `WouldBlock` when nothing is there, `Ok(0)` after the client's FIN.
-    matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(n) if n > 0)
+    matches!(socket.peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// Sends FIN, then reads and discards until the client's FIN.
-async fn close_politely(mut stream: TcpStream) {
+async fn close_politely<T: AsyncRead + AsyncWrite + Unpin>(mut stream: T) {
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
     while let Ok(n) = stream.read(&mut sink).await {

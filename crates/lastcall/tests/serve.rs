@@ -1,0 +1,311 @@
+//! `http::serve` in a real process (the `serve_fixture` example), driven with real signals:
+//! slow and half-open clients at the moment of a shutdown.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lastcall::Report;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Bounds a hang; not a measurement.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The most a head half read at stop-accepting may hold the shutdown (`serve`'s grace).
+const GRACE: Duration = Duration::from_secs(1);
+
+struct Served {
+    child: Child,
+    addr: String,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+struct Exited {
+    status: ExitStatus,
+    /// When the process was seen gone.
+    at: Instant,
+    report: Report,
+    stderr: String,
+}
+
+fn example(name: &str) -> PathBuf {
+    // Tests run from target/<profile>/deps/; cargo builds examples into target/<profile>/examples/.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+impl Served {
+    /// Starts `serve_fixture` and waits until it listens.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+        let mut command = Command::new(example("serve_fixture"));
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("LASTCALL_") {
+                command.env_remove(key);
+            }
+        }
+        command.env("RUST_LOG", "info").envs(env.iter().copied());
+        let mut child = command.spawn().expect("spawn serve_fixture");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no listening line; stderr:\n{}", stderr.lock().unwrap()));
+        let addr = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("expected `listening ADDR`, got {line:?}"))
+            .to_owned();
+        Served {
+            child,
+            addr,
+            lines,
+            stderr,
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        TcpStream::connect(&self.addr).unwrap()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    fn wait(mut self) -> Exited {
+        let until = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                panic!(
+                    "serve_fixture did not exit; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let at = Instant::now();
+        let stdout: Vec<String> = self.lines.iter().collect();
+        let stderr = self.stderr.lock().unwrap().clone();
+        let report = stdout
+            .iter()
+            .find_map(|l| l.strip_prefix("report: "))
+            .map(|json| serde_json::from_str(json).expect("the report line is a Report"))
+            .unwrap_or_else(|| panic!("no report; stdout {stdout:?}; stderr:\n{stderr}"));
+        Exited {
+            status,
+            at,
+            report,
+            stderr,
+        }
+    }
+}
+
+/// Reads until the server closes; `Ok` for a FIN, `Err` for a reset.
+fn read_to_close(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all)?;
+    Ok(all)
+}
+
+#[test]
+fn a_half_sent_request_head_does_not_hold_the_shutdown() {
+    // The default header-read timeout (10 s) is longer than the whole budget.
+    let served = Served::start(
+        &[],
+        &[("LASTCALL_BUDGET", "5s"), ("LASTCALL_DRAIN_DELAY", "500ms")],
+    );
+    let mut half = served.connect();
+    half.write_all(b"GET /hello HTTP/1.1\r\nhost: te").unwrap();
+    let signalled = Instant::now();
+    // The drain delay gives the server time to read those bytes before it stops accepting.
+    served.signal(Signal::SIGTERM);
+    let closed = read_to_close(&mut half);
+    let exited = served.wait();
+    assert_eq!(exited.status.code(), Some(0), "{}", exited.report);
+    assert!(
+        exited.report.work_at_deadline.is_none(),
+        "{}",
+        exited.report
+    );
+    assert!(
+        closed.as_ref().is_ok_and(|rest| rest.is_empty()),
+        "closed with FIN and no answer: {closed:?}"
+    );
+    let took = exited.at - signalled;
+    assert!(
+        took < Duration::from_millis(500) + GRACE + Duration::from_secs(1),
+        "exited {took:?} after the signal"
+    );
+    assert!(
+        exited.stderr.contains("closed_without_request=1"),
+        "{}",
+        exited.stderr
+    );
+}
+
+/// Connections that send one byte of a request head every 100 ms until the server closes
+/// them, on one non-blocking loop.
+struct Trickle {
+    streams: Vec<Option<TcpStream>>,
+    head: &'static [u8],
+    sent: usize,
+    fins: usize,
+    resets: usize,
+}
+
+impl Trickle {
+    fn open(served: &Served, count: usize) -> Trickle {
+        let streams = (0..count)
+            .map(|_| {
+                let stream = served.connect();
+                stream.set_nonblocking(true).unwrap();
+                Some(stream)
+            })
+            .collect();
+        Trickle {
+            streams,
+            head: b"GET /hello HTTP/1.1\r\nhost: test\r\nx-slow: ",
+            sent: 0,
+            fins: 0,
+            resets: 0,
+        }
+    }
+
+    /// One byte on every open connection; notes the ones the server closed.
+    fn tick(&mut self) {
+        let byte = self.head.get(self.sent).copied().unwrap_or(b'a');
+        self.sent += 1;
+        for slot in &mut self.streams {
+            let Some(stream) = slot else { continue };
+            let mut probe = [0u8; 64];
+            let closed = match stream.read(&mut probe) {
+                Ok(0) => Some(true),
+                Ok(_) => panic!("no answer is due to an incomplete head"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                Err(_) => Some(false),
+            };
+            let closed = closed.or_else(|| match stream.write(&[byte]) {
+                Ok(_) => None,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                Err(_) => Some(false),
+            });
+            match closed {
+                Some(true) => self.fins += 1,
+                Some(false) => self.resets += 1,
+                None => continue,
+            }
+            *slot = None;
+        }
+    }
+
+    fn open_count(&self) -> usize {
+        self.streams.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+#[test]
+fn three_hundred_clients_trickling_request_heads_do_not_hold_the_exit() {
+    let served = Served::start(
+        &[],
+        &[("LASTCALL_BUDGET", "5s"), ("LASTCALL_DRAIN_DELAY", "0s")],
+    );
+    // One real request, in flight at the signal.
+    let mut real = served.connect();
+    real.write_all(b"GET /slow?ms=700 HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    let mut trickle = Trickle::open(&served, 300);
+    // Every connection has its head started, several bytes in.
+    for _ in 0..3 {
+        trickle.tick();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(trickle.open_count(), 300);
+    served.signal(Signal::SIGTERM);
+    let answered = std::thread::spawn(move || {
+        let answer = read_to_close(&mut real).expect("the real request is answered, no reset");
+        (
+            Instant::now(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
+    });
+    let until = Instant::now() + PATIENCE;
+    while trickle.open_count() > 0 && Instant::now() < until {
+        trickle.tick();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exited = served.wait();
+    let (answered_at, answer) = answered.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("done"), "{answer}");
+    assert_eq!(exited.status.code(), Some(0), "{}", exited.report);
+    assert!(
+        exited.report.work_at_deadline.is_none(),
+        "{}",
+        exited.report
+    );
+    let after = exited.at.saturating_duration_since(answered_at);
+    println!(
+        "300 trickling clients: exit {} ms after the last real response; {} closed with FIN, {} reset",
+        after.as_millis(),
+        trickle.fins,
+        trickle.resets
+    );
+    assert_eq!(trickle.open_count(), 0, "every trickling client was closed");
+    assert!(
+        // Generous: about 0.6 s here in a debug build; the grace itself is measured in
+        // `bench/slowloris.py`.
+        after < GRACE + Duration::from_millis(1500),
+        "exited {after:?} after the last real response"
+    );
+    assert!(
+        exited.stderr.contains("closed_without_request=300"),
+        "{}",
+        exited.stderr
+    );
+}
