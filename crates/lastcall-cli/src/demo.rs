@@ -226,9 +226,13 @@ async fn start(
         Some(listener) => listener,
         None => {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port.unwrap_or(3000)));
-            std::net::TcpListener::bind(addr).with_context(|| {
-                format!("cannot listen on {addr}; set PORT to a free port (0 picks one)")
-            })?
+            // The system's largest backlog: a burst of connections at the moment of the signal
+            // waits in the kernel's queue instead of being refused.
+            lastcall::http::listen(addr)
+                .and_then(|listener| listener.into_std())
+                .with_context(|| {
+                    format!("cannot listen on {addr}; set PORT to a free port (0 picks one)")
+                })?
         }
     };
     lastcall::systemd::notify(controller)?;

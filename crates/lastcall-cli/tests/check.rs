@@ -38,7 +38,7 @@ fn check_passes_the_reference_service_on_every_scenario() {
     assert_eq!(json["schema"], "lastcall-check/2");
     assert_eq!(json["baseline_exit"], "exit 0", "{json:#}\n{stderr}");
     let scenarios = json["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 13, "{json:#}");
+    assert_eq!(scenarios.len(), 14, "{json:#}");
     for scenario in scenarios {
         assert_eq!(
             scenario["status"], "pass",
@@ -50,11 +50,11 @@ fn check_passes_the_reference_service_on_every_scenario() {
     // The HTML report: one section and one timeline per scenario, with the signal on it.
     let page = std::fs::read_to_string(&html).unwrap();
     let _ = std::fs::remove_file(&html);
-    assert_eq!(page.matches("<section id=").count(), 13);
-    assert_eq!(page.matches("<svg").count(), 13);
+    assert_eq!(page.matches("<section id=").count(), 14);
+    assert_eq!(page.matches("<svg").count(), 14);
     assert!(page.contains("no scenario failed"));
     assert!(
-        page.contains("13 passed, 0 failed, 0 skipped"),
+        page.contains("14 passed, 0 failed, 0 skipped"),
         "the summary is at the top"
     );
     assert!(
