@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Tracker guard enter+drop against tokio_util's TaskTracker::token() + drop, single-threaded and
-# with two threads contending, side by side in one criterion run; prints the ratios.
+# with two threads contending (wall time, and each thread's CPU time), side by side in one
+# criterion run; prints the ratios and the load average around the run.
 #   bash bench/tracker.sh [runs]     (default 1 run; each run is one full criterion pass)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-1}
 target=${CARGO_TARGET_DIR:-target}
 for ((run = 1; run <= runs; run++)); do
+  before=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')
   cargo bench -q -p lastcall --bench tracker >/dev/null 2>&1
+  echo "run $run: load average $before before, $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?') after"
   python3 - "$target/criterion" "$run" <<'PY'
 import json, sys, os
 root, run = sys.argv[1], sys.argv[2]
@@ -15,11 +18,11 @@ def mean(group, name):
     path = os.path.join(root, group, name, "new", "estimates.json")
     with open(path) as f:
         return json.load(f)["mean"]["point_estimate"]
-for threads in ("1_thread", "2_threads"):
+for threads in ("1_thread", "2_threads", "2_threads_cpu"):
     group = "guard_enter_drop_" + threads
     ours = mean(group, "lastcall__Tracker")
     peer = mean(group, "tokio_util__TaskTracker")
-    print(f"run {run} {threads:>9}: lastcall {ours:6.1f} ns   TaskTracker {peer:6.1f} ns   "
+    print(f"run {run} {threads:>13}: lastcall {ours:6.1f} ns   TaskTracker {peer:6.1f} ns   "
           f"lastcall/peer {ours / peer:4.2f}")
 PY
 done

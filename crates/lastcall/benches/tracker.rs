@@ -1,6 +1,12 @@
 //! Tracker guard enter+drop, against `tokio_util::task::TaskTracker::token()` + drop as the
 //! peer, single-threaded and with two threads contending, side by side in one run.
 //!
+//! `2_threads` is wall time, which is only a contention figure when both threads really run at
+//! once; on a machine shared with other work they often take turns. `2_threads_cpu` is each
+//! thread's own CPU time, which a cache line bouncing between cores inflates (the stall is
+//! spent on the CPU) and taking turns does not: the peer's figure there shows whether the
+//! threads overlapped.
+//!
 //! `cargo bench -p lastcall --bench tracker`; figures in `BENCHMARKS.md`.
 
 use std::hint::black_box;
@@ -11,10 +17,19 @@ use criterion::{criterion_main, Criterion};
 use lastcall::{Tracker, WorkKind};
 use tokio_util::task::TaskTracker;
 
+/// Which time [`contended`] returns.
+#[derive(Clone, Copy)]
+enum Clock {
+    /// The wall time until every thread is done.
+    Wall,
+    /// The largest CPU time one thread spent.
+    ThreadCpu,
+}
+
 /// Runs `op` `iters` times on each of `threads` threads, started together, and returns the
-/// wall time: criterion divides it by `iters`, so the figure is the time for every thread to
-/// do one enter+drop while the others do the same.
-fn contended<F>(threads: usize, iters: u64, op: F) -> Duration
+/// time `clock` measures: criterion divides it by `iters`, so the figure is the time for
+/// every thread to do one enter+drop while the others do the same.
+fn contended<F>(threads: usize, iters: u64, clock: Clock, op: F) -> Duration
 where
     F: Fn() + Send + Sync + 'static,
 {
@@ -25,18 +40,32 @@ where
             let (op, barrier) = (op.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
+                let start = thread_cpu();
                 for _ in 0..iters {
                     op();
                 }
+                thread_cpu() - start
             })
         })
         .collect();
     barrier.wait();
     let start = Instant::now();
-    for handle in handles {
-        handle.join().expect("bench thread");
+    let cpu = handles
+        .into_iter()
+        .map(|handle| handle.join().expect("bench thread"))
+        .max()
+        .unwrap_or_default();
+    match clock {
+        Clock::Wall => start.elapsed(),
+        Clock::ThreadCpu => cpu,
     }
-    start.elapsed()
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("the thread CPU clock is readable");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
 }
 
 fn single_thread(c: &mut Criterion) {
@@ -53,24 +82,29 @@ fn single_thread(c: &mut Criterion) {
 }
 
 fn two_threads(c: &mut Criterion) {
-    let mut group = c.benchmark_group("guard_enter_drop/2_threads");
-    let tracker = Tracker::new();
-    group.bench_function("lastcall::Tracker", |b| {
-        b.iter_custom(|iters| {
-            let tracker = tracker.clone();
-            contended(2, iters, move || {
-                drop(black_box(tracker.track(WorkKind::Request, "GET /orders/7")))
+    for (group, clock) in [
+        ("2_threads", Clock::Wall),
+        ("2_threads_cpu", Clock::ThreadCpu),
+    ] {
+        let mut group = c.benchmark_group(format!("guard_enter_drop/{group}"));
+        let tracker = Tracker::new();
+        group.bench_function("lastcall::Tracker", |b| {
+            b.iter_custom(|iters| {
+                let tracker = tracker.clone();
+                contended(2, iters, clock, move || {
+                    drop(black_box(tracker.track(WorkKind::Request, "GET /orders/7")))
+                })
             })
-        })
-    });
-    let peer = TaskTracker::new();
-    group.bench_function("tokio_util::TaskTracker", |b| {
-        b.iter_custom(|iters| {
-            let peer = peer.clone();
-            contended(2, iters, move || drop(black_box(peer.token())))
-        })
-    });
-    group.finish();
+        });
+        let peer = TaskTracker::new();
+        group.bench_function("tokio_util::TaskTracker", |b| {
+            b.iter_custom(|iters| {
+                let peer = peer.clone();
+                contended(2, iters, clock, move || drop(black_box(peer.token())))
+            })
+        });
+        group.finish();
+    }
 }
 
 #[allow(missing_docs)]

@@ -62,6 +62,7 @@ mod phase;
 mod report;
 mod shutdown;
 mod signal;
+mod spawned;
 mod step;
 mod tracker;
 mod watchdog;

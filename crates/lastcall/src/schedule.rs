@@ -9,7 +9,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::step::{error_chain, panic_message, StepResult};
+use crate::spawned::Spawned;
+use crate::step::StepResult;
 use crate::{Controller, Phase, Shutdown};
 
 /// Runs named tasks on an interval or a cron expression, in step with the shutdown.
@@ -286,7 +287,7 @@ async fn run_task<F, Fut>(
     Fut::Output: StepResult,
 {
     let stop = shutdown.token(Phase::StopAccepting);
-    let cut = shutdown.reached(Phase::FlushTelemetry);
+    let cut = shutdown.cut();
     tokio::pin!(cut);
     let mut last = Instant::now();
     loop {
@@ -307,7 +308,7 @@ async fn run_task<F, Fut>(
         let _guard = shutdown.tracker().task(name.clone());
         counters.runs.fetch_add(1, Ordering::Relaxed);
         let run_f = f.clone();
-        let mut run = tokio::spawn(async move { run_f().await.into_step_result() });
+        let mut run = Spawned::spawn(async move { run_f().await });
         let outcome = tokio::select! {
             ran = &mut run => ran,
             _ = &mut cut => {
@@ -317,15 +318,7 @@ async fn run_task<F, Fut>(
                 return;
             }
         };
-        let failure = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error_chain(&*error)),
-            Err(join) => Some(match join.try_into_panic() {
-                Ok(payload) => format!("panicked: {}", panic_message(&*payload)),
-                Err(_) => "cancelled".to_owned(),
-            }),
-        };
-        if let Some(error) = failure {
+        if let Err(error) = outcome.into_result("scheduled run") {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(task = %name, error = %error, "scheduled task failed");
         }

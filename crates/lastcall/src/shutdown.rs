@@ -372,7 +372,6 @@ impl Shared {
     /// Moves to `phase` and wakes everything waiting for it or an earlier phase.
     pub(crate) fn enter(&self, phase: Phase) {
         let before = self.phase.fetch_max(phase as u8, Ordering::AcqRel);
-        self.tracker.set_phase(phase);
         for token in &self.tokens[..=phase.index()] {
             token.cancel();
         }

@@ -1,7 +1,6 @@
 //! Named, bounded shutdown steps (stop accepting, flush telemetry, close dependencies): see
 //! [`StepResult`] and [`Controller::close`](crate::Controller::close).
 
-use std::any::Any;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::report::{StepOutcome, StepReport};
 use crate::shutdown::Shared;
+use crate::spawned::{Ran, Spawned};
 use crate::Phase;
 
 /// A boxed error, as a failed step returns it.
@@ -115,21 +115,15 @@ pub(crate) async fn run_steps(
         shared.set_current_step(Some((step.phase, step.name.clone())));
         tracing::debug!(step = %step.name, phase = %step.phase, timeout_ms = timeout.as_millis() as u64, "step started");
         let start = step.start;
-        // Spawned so a panic is caught as a JoinError instead of unwinding through the flow;
-        // the closure itself runs inside the task for the same reason.
-        let mut task = tokio::spawn(async move { start().await });
+        // The closure runs inside the task too, so a panic while it builds its future is
+        // caught like one in the future.
+        let mut task = Spawned::spawn(async move { start().await });
         let outcome = match tokio::time::timeout(timeout, &mut task).await {
-            Ok(Ok(Ok(()))) => StepOutcome::Ok,
-            Ok(Ok(Err(error))) => StepOutcome::Failed {
-                error: error_chain(&*error),
-            },
-            Ok(Err(join)) => match join.try_into_panic() {
-                Ok(payload) => StepOutcome::Panicked {
-                    message: panic_message(&*payload),
-                },
-                Err(_) => StepOutcome::Failed {
-                    error: "the step's task was cancelled".into(),
-                },
+            Ok(Ran::Ok) => StepOutcome::Ok,
+            Ok(Ran::Failed(error)) => StepOutcome::Failed { error },
+            Ok(Ran::Panicked(message)) => StepOutcome::Panicked { message },
+            Ok(Ran::Cancelled) => StepOutcome::Failed {
+                error: "the step's task was cancelled".into(),
             },
             Err(_elapsed) => {
                 task.abort();
@@ -153,26 +147,4 @@ pub(crate) async fn run_steps(
         });
     }
     all_ok
-}
-
-/// The error and its sources, joined with `: `.
-pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_owned()
-    }
 }

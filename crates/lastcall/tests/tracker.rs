@@ -80,11 +80,23 @@ async fn wait_idle_wakes_when_the_last_of_many_guards_drops_on_other_threads() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dropped_wait_does_not_leave_a_watcher_behind() {
     let tracker = Tracker::new();
     let guard = tracker.task("tick");
-    drop(tracker.wait_idle());
+    let mut wait = tracker.wait_idle();
+    // Polled once (a zero timeout polls it before giving up), so it registered as a watcher.
+    let polled = tokio::time::timeout(Duration::ZERO, &mut wait).await;
+    assert!(polled.is_err(), "the task still runs");
+    assert!(
+        format!("{tracker:?}").contains("watchers: 1"),
+        "{tracker:?}"
+    );
+    drop(wait);
+    assert!(
+        format!("{tracker:?}").contains("watchers: 0"),
+        "{tracker:?}"
+    );
     let pending = tracker.wait_idle();
     drop(guard);
     tokio::time::timeout(Duration::from_secs(60), pending)

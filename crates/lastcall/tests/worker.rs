@@ -77,29 +77,41 @@ where
     }
 }
 
-/// What the scenarios need from an adapter beyond the [`Queue`] trait.
-trait TestQueue: Queue + Clone {
-    /// Jobs waiting or running.
-    fn waiting(&self) -> impl Future<Output = u64> + Send;
-    /// Dead letters.
-    fn dead_letters(&self) -> impl Future<Output = u64> + Send;
+/// Where a scenario's queue lives: what the worker fixture process needs to open it, and what
+/// to remove afterwards.
+struct Backend {
     /// `(backend, target)` for the worker fixture process.
-    fn fixture_args(&self) -> (&'static str, String);
-    /// Removes what the test left on a shared server.
-    fn cleanup(self) -> impl Future<Output = ()> + Send {
-        async {}
+    fixture: (&'static str, String),
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    /// A shared server whose queue names are unique: nothing to remove.
+    Nothing,
+    /// A database file and its WAL files, once the pool is closed.
+    SqliteFile(sqlx::SqlitePool, PathBuf),
+    /// The queue's streams.
+    NatsStreams(Box<NatsQueue>),
+}
+
+impl Backend {
+    async fn cleanup(self) {
+        match self.cleanup {
+            Cleanup::Nothing => {}
+            Cleanup::SqliteFile(pool, path) => {
+                pool.close().await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::NatsStreams(queue) => queue.delete().await.unwrap(),
+        }
     }
 }
 
 // --- adapters -------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct Sqlite {
-    queue: SqliteQueue,
-    path: PathBuf,
-}
-
-async fn sqlite(lease: Duration) -> Option<Sqlite> {
+async fn sqlite(lease: Duration) -> Option<(SqliteQueue, Backend)> {
     let path = std::env::temp_dir().join(format!("{}.db", unique("lastcall_worker")));
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)
@@ -108,64 +120,15 @@ async fn sqlite(lease: Duration) -> Option<Sqlite> {
         .busy_timeout(Duration::from_secs(5));
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     SqliteQueue::migrate(&pool).await.unwrap();
-    let queue = SqliteQueue::new(pool, "jobs")
+    let queue = SqliteQueue::new(pool.clone(), "jobs")
         .unwrap()
         .lease(lease)
         .poll_interval(ms(50));
-    Some(Sqlite { queue, path })
-}
-
-impl Queue for Sqlite {
-    type Receipt = <SqliteQueue as Queue>::Receipt;
-    fn name(&self) -> &str {
-        self.queue.name()
-    }
-    fn lease(&self) -> Duration {
-        Queue::lease(&self.queue)
-    }
-    async fn enqueue(&self, job: NewJob) -> Result<String, QueueError> {
-        self.queue.enqueue(job).await
-    }
-    async fn claim(
-        &self,
-        wait: Duration,
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> Result<Option<lastcall::worker::Delivery<Self::Receipt>>, QueueError> {
-        self.queue.claim(wait, stop).await
-    }
-    async fn renew(&self, receipt: &Self::Receipt) -> Result<(), QueueError> {
-        self.queue.renew(receipt).await
-    }
-    async fn ack(&self, receipt: Self::Receipt) -> Result<(), QueueError> {
-        self.queue.ack(receipt).await
-    }
-    async fn retry(&self, r: Self::Receipt, d: Duration, e: &str) -> Result<(), QueueError> {
-        self.queue.retry(r, d, e).await
-    }
-    async fn release(&self, r: Self::Receipt, d: Duration) -> Result<(), QueueError> {
-        self.queue.release(r, d).await
-    }
-    async fn dead_letter(&self, r: Self::Receipt, e: &str) -> Result<(), QueueError> {
-        self.queue.dead_letter(r, e).await
-    }
-}
-
-impl TestQueue for Sqlite {
-    async fn waiting(&self) -> u64 {
-        self.queue.pending().await.unwrap()
-    }
-    async fn dead_letters(&self) -> u64 {
-        self.queue.dead().await.unwrap()
-    }
-    fn fixture_args(&self) -> (&'static str, String) {
-        ("sqlite", self.path.display().to_string())
-    }
-    async fn cleanup(self) {
-        self.queue.pool().close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
-        }
-    }
+    let backend = Backend {
+        fixture: ("sqlite", path.display().to_string()),
+        cleanup: Cleanup::SqliteFile(pool, path),
+    };
+    Some((queue, backend))
 }
 
 fn postgres_url() -> String {
@@ -173,45 +136,41 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn postgres(lease: Duration) -> Option<PgQueue> {
-    let url = postgres_url();
-    let pool = match sqlx::postgres::PgPoolOptions::new()
+async fn postgres_pool(options: sqlx::postgres::PgConnectOptions) -> Option<sqlx::PgPool> {
+    match sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_secs(3))
-        .connect(&url)
+        .connect_with(options)
         .await
     {
-        Ok(pool) => pool,
-        Err(error) => {
-            unreachable(&format!("PostgreSQL at {url}"), error);
-            return None;
+        Ok(pool) => {
+            PgQueue::migrate(&pool).await.unwrap();
+            Some(pool)
         }
-    };
-    PgQueue::migrate(&pool).await.unwrap();
-    Some(
-        PgQueue::new(pool, &unique("jobs"))
-            .unwrap()
-            .lease(lease)
-            .poll_interval(ms(200)),
-    )
+        Err(error) => {
+            unreachable(&format!("PostgreSQL at {}", postgres_url()), error);
+            None
+        }
+    }
 }
 
-impl TestQueue for PgQueue {
-    async fn waiting(&self) -> u64 {
-        self.pending().await.unwrap()
-    }
-    async fn dead_letters(&self) -> u64 {
-        self.dead().await.unwrap()
-    }
-    fn fixture_args(&self) -> (&'static str, String) {
-        ("postgres", postgres_url())
-    }
+async fn postgres(lease: Duration) -> Option<(PgQueue, Backend)> {
+    let pool = postgres_pool(postgres_url().parse().unwrap()).await?;
+    let queue = PgQueue::new(pool, &unique("jobs"))
+        .unwrap()
+        .lease(lease)
+        .poll_interval(ms(200));
+    let backend = Backend {
+        fixture: ("postgres", postgres_url()),
+        cleanup: Cleanup::Nothing,
+    };
+    Some((queue, backend))
 }
 
 fn nats_address() -> String {
     std::env::var("LASTCALL_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".into())
 }
 
-async fn nats(lease: Duration) -> Option<NatsQueue> {
+async fn nats(lease: Duration) -> Option<(NatsQueue, Backend)> {
     let address = nats_address();
     let connect = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(3))
@@ -227,26 +186,14 @@ async fn nats(lease: Duration) -> Option<NatsQueue> {
             return None;
         }
     };
-    Some(
-        NatsQueue::open(client, &unique("jobs"), lease)
-            .await
-            .unwrap(),
-    )
-}
-
-impl TestQueue for NatsQueue {
-    async fn waiting(&self) -> u64 {
-        self.pending().await.unwrap()
-    }
-    async fn dead_letters(&self) -> u64 {
-        self.dead().await.unwrap()
-    }
-    fn fixture_args(&self) -> (&'static str, String) {
-        ("nats", nats_address())
-    }
-    async fn cleanup(self) {
-        self.delete().await.unwrap();
-    }
+    let queue = NatsQueue::open(client, &unique("jobs"), lease)
+        .await
+        .unwrap();
+    let backend = Backend {
+        fixture: ("nats", address),
+        cleanup: Cleanup::NatsStreams(Box::new(queue.clone())),
+    };
+    Some((queue, backend))
 }
 
 // --- scenarios ------------------------------------------------------------------------
@@ -292,7 +239,7 @@ fn sleeper(
     }
 }
 
-async fn shutdown_mid_job_finishes_and_acks<Q: TestQueue>(queue: Q) {
+async fn shutdown_mid_job_finishes_and_acks<Q: Queue + Clone>(queue: Q, backend: Backend) {
     let controller = controller();
     let log = Log::default();
     let worker = Worker::new(queue.clone(), sleeper(&log, 800))
@@ -311,15 +258,16 @@ async fn shutdown_mid_job_finishes_and_acks<Q: TestQueue>(queue: Q) {
     assert_eq!(worker.stats().succeeded, 1);
     assert_eq!(worker.stats().released, 0);
     assert_eq!(
-        queue.waiting().await,
+        queue.pending().await.unwrap(),
         0,
         "the job was acked, not left behind"
     );
-    queue.cleanup().await;
+    backend.cleanup().await;
 }
 
-async fn a_job_past_the_deadline_is_released_and_a_second_worker_completes_it<Q: TestQueue>(
+async fn a_job_past_the_deadline_is_released_and_a_second_worker_completes_it<Q: Queue + Clone>(
     queue: Q,
+    backend: Backend,
 ) {
     let first = controller();
     let stuck = Log::default();
@@ -347,7 +295,11 @@ async fn a_job_past_the_deadline_is_released_and_a_second_worker_completes_it<Q:
     );
     assert_eq!(worker.stats().released, 1);
     assert!(stuck.done().is_empty());
-    assert_eq!(queue.waiting().await, 1, "the job is back in the queue");
+    assert_eq!(
+        queue.pending().await.unwrap(),
+        1,
+        "the job is back in the queue"
+    );
 
     let second = controller();
     let log = Log::default();
@@ -364,11 +316,14 @@ async fn a_job_past_the_deadline_is_released_and_a_second_worker_completes_it<Q:
     assert_eq!(log.done(), vec![id]);
     second.trigger().trigger("test");
     assert_eq!(second.run_with_report().await.exit, Exit::Clean);
-    assert_eq!(queue.waiting().await, 0);
-    queue.cleanup().await;
+    assert_eq!(queue.pending().await.unwrap(), 0);
+    backend.cleanup().await;
 }
 
-async fn lease_renewal_keeps_a_long_job_from_being_claimed_twice<Q: TestQueue>(queue: Q) {
+async fn lease_renewal_keeps_a_long_job_from_being_claimed_twice<Q: Queue + Clone>(
+    queue: Q,
+    backend: Backend,
+) {
     // The lease is 1 s; the job runs 3.5 s; a second worker polls the queue all along.
     let controller = controller();
     let log = Log::default();
@@ -398,11 +353,14 @@ async fn lease_renewal_keeps_a_long_job_from_being_claimed_twice<Q: TestQueue>(q
     assert_eq!(a.stats().lease_lost + b.stats().lease_lost, 0);
     controller.trigger().trigger("test");
     assert_eq!(controller.run_with_report().await.exit, Exit::Clean);
-    assert_eq!(queue.waiting().await, 0);
-    queue.cleanup().await;
+    assert_eq!(queue.pending().await.unwrap(), 0);
+    backend.cleanup().await;
 }
 
-async fn failures_retry_with_backoff_then_dead_letter<Q: TestQueue>(queue: Q) {
+async fn failures_retry_with_backoff_then_dead_letter<Q: Queue + Clone>(
+    queue: Q,
+    backend: Backend,
+) {
     let controller = controller();
     let runs = Arc::new(AtomicU32::new(0));
     let counted = runs.clone();
@@ -427,13 +385,13 @@ async fn failures_retry_with_backoff_then_dead_letter<Q: TestQueue>(queue: Q) {
     eventually(
         Duration::from_secs(15),
         "the job to be dead-lettered",
-        || async { queue.dead_letters().await == 1 },
+        || async { queue.dead().await.unwrap() == 1 },
     )
     .await;
     assert_eq!(runs.load(Ordering::SeqCst), 3, "three attempts, no more");
     let stats = worker.stats();
     assert_eq!((stats.retried, stats.dead), (2, 1), "{stats:?}");
-    assert_eq!(queue.waiting().await, 0);
+    assert_eq!(queue.pending().await.unwrap(), 0);
 
     // The panic did not kill the worker: it still takes jobs.
     queue.enqueue(NewJob::new(b"after".to_vec())).await.unwrap();
@@ -443,19 +401,20 @@ async fn failures_retry_with_backoff_then_dead_letter<Q: TestQueue>(queue: Q) {
     .await;
     controller.trigger().trigger("test");
     controller.run_with_report().await;
-    queue.cleanup().await;
+    backend.cleanup().await;
 }
 
-async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease<Q: TestQueue>(
+async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease<Q: Queue + Clone>(
     queue: Q,
+    backend: Backend,
 ) {
-    let (backend, target) = queue.fixture_args();
+    let (kind, target) = backend.fixture.clone();
     let id = queue
         .enqueue(NewJob::new(b"orphan".to_vec()))
         .await
         .unwrap();
     let mut child = Command::new(example("worker_fixture"))
-        .args([backend, &target, queue.name(), "1000", "600000"])
+        .args([kind, &target, queue.name(), "1000", "600000"])
         .env("LASTCALL_BUDGET", "10s")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -516,8 +475,8 @@ async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease<Q: 
     );
     controller.trigger().trigger("test");
     assert_eq!(controller.run_with_report().await.exit, Exit::Clean);
-    assert_eq!(queue.waiting().await, 0);
-    queue.cleanup().await;
+    assert_eq!(queue.pending().await.unwrap(), 0);
+    backend.cleanup().await;
 }
 
 fn example(name: &str) -> PathBuf {
@@ -544,16 +503,16 @@ macro_rules! adapter_tests {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn shutdown_mid_job_finishes_and_acks_the_job() {
-                if let Some(queue) = $open(ms(1_000)).await {
-                    super::shutdown_mid_job_finishes_and_acks(queue).await;
+                if let Some((queue, backend)) = $open(ms(1_000)).await {
+                    super::shutdown_mid_job_finishes_and_acks(queue, backend).await;
                 }
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_job_past_the_deadline_is_released_and_a_second_worker_completes_it() {
-                if let Some(queue) = $open(ms(2_000)).await {
+                if let Some((queue, backend)) = $open(ms(2_000)).await {
                     super::a_job_past_the_deadline_is_released_and_a_second_worker_completes_it(
-                        queue,
+                        queue, backend,
                     )
                     .await;
                 }
@@ -561,23 +520,24 @@ macro_rules! adapter_tests {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn lease_renewal_keeps_a_long_job_from_being_claimed_twice() {
-                if let Some(queue) = $open(ms(1_000)).await {
-                    super::lease_renewal_keeps_a_long_job_from_being_claimed_twice(queue).await;
+                if let Some((queue, backend)) = $open(ms(1_000)).await {
+                    super::lease_renewal_keeps_a_long_job_from_being_claimed_twice(queue, backend)
+                        .await;
                 }
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn failures_retry_with_backoff_then_dead_letter() {
-                if let Some(queue) = $open(ms(1_000)).await {
-                    super::failures_retry_with_backoff_then_dead_letter(queue).await;
+                if let Some((queue, backend)) = $open(ms(1_000)).await {
+                    super::failures_retry_with_backoff_then_dead_letter(queue, backend).await;
                 }
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease() {
-                if let Some(queue) = $open(ms(1_000)).await {
+                if let Some((queue, backend)) = $open(ms(1_000)).await {
                     super::a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease(
-                        queue,
+                        queue, backend,
                     )
                     .await;
                 }
@@ -594,7 +554,7 @@ adapter_tests!(nats_queue, nats);
 
 #[tokio::test]
 async fn sqlite_mark_processed_applies_an_effect_once_per_key() {
-    let queue = sqlite(ms(1_000)).await.unwrap().queue;
+    let (queue, _backend) = sqlite(ms(1_000)).await.unwrap();
     let pool = queue.pool().clone();
     sqlx::query("CREATE TABLE effects (key TEXT NOT NULL)")
         .execute(&pool)
@@ -625,7 +585,7 @@ async fn sqlite_mark_processed_applies_an_effect_once_per_key() {
 
 #[tokio::test]
 async fn postgres_mark_processed_applies_an_effect_once_per_key() {
-    let Some(queue) = postgres(ms(1_000)).await else {
+    let Some((queue, _backend)) = postgres(ms(1_000)).await else {
         return;
     };
     let pool = queue.pool().clone();
@@ -648,9 +608,148 @@ async fn postgres_mark_processed_applies_an_effect_once_per_key() {
     );
 }
 
+// --- what the SQL adapters share ----------------------------------------------------------
+
+/// Claims the one job after `corrupt` set its `attempts` to -5 (so the claim makes it -4):
+/// both SQL adapters must refuse it the same way, naming the column, instead of handing the
+/// worker a count it would misread.
+async fn a_corrupt_attempts_count_is_an_error_naming_the_column<Q: Queue>(
+    queue: Q,
+    corrupt: impl Future<Output = ()>,
+) {
+    corrupt.await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let Err(error) = queue.claim(ms(100), &stop).await else {
+        panic!("the corrupt job was claimed");
+    };
+    let text = format!("{error}");
+    assert!(
+        matches!(error, QueueError::Backend { op: "claim", .. }),
+        "{error:?}"
+    );
+    assert!(
+        text.contains("\"attempts\"") && text.contains("-4"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_corrupt_attempts_count_naming_the_column() {
+    let (queue, backend) = sqlite(ms(1_000)).await.unwrap();
+    let id = queue.enqueue(NewJob::new(b"x".to_vec())).await.unwrap();
+    let pool = queue.pool().clone();
+    let corrupt = async move {
+        sqlx::query("UPDATE lastcall_jobs SET attempts = -5 WHERE id = ?")
+            .bind(id.parse::<i64>().unwrap())
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    a_corrupt_attempts_count_is_an_error_naming_the_column(queue, corrupt).await;
+    backend.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_corrupt_attempts_count_naming_the_column() {
+    let Some((queue, _backend)) = postgres(ms(1_000)).await else {
+        return;
+    };
+    let id = queue.enqueue(NewJob::new(b"x".to_vec())).await.unwrap();
+    let pool = queue.pool().clone();
+    let corrupt = async move {
+        sqlx::query("UPDATE lastcall_jobs SET attempts = -5 WHERE id = $1")
+            .bind(id.parse::<i64>().unwrap())
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    a_corrupt_attempts_count_is_an_error_naming_the_column(queue.clone(), corrupt).await;
+    sqlx::query("DELETE FROM lastcall_jobs WHERE queue = $1")
+        .bind(queue.name())
+        .execute(queue.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn postgres_claim_sleeps_until_a_delayed_job_falls_due() {
+    let Some((queue, _backend)) = postgres(ms(1_000)).await else {
+        return;
+    };
+    let id = queue
+        .enqueue(NewJob::new(b"later".to_vec()).delay(ms(300)))
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let Ok(Some(delivery)) = queue.claim(Duration::from_secs(10), &stop).await else {
+        panic!("the claim did not wait for the delayed job");
+    };
+    assert_eq!(delivery.job.id(), id);
+    queue.ack(delivery.receipt).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clones_claim_without_waiting_for_each_others_sleep() {
+    // The pool's connections carry a name of their own, so the test can see when the queue's
+    // LISTEN connection is up, without sleeping.
+    let app = unique("lastcall_claims");
+    let Ok(options) = postgres_url().parse::<sqlx::postgres::PgConnectOptions>() else {
+        panic!("LASTCALL_TEST_POSTGRES is not a PostgreSQL URL");
+    };
+    let Some(pool) = postgres_pool(options.application_name(&app)).await else {
+        return;
+    };
+    // One claim asleep for up to a minute: nothing is due and no notification comes.
+    let queue = PgQueue::new(pool.clone(), &unique("jobs"))
+        .unwrap()
+        .poll_interval(Duration::from_secs(60));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sleeper = tokio::spawn({
+        let (queue, stop) = (queue.clone(), stop.clone());
+        async move { queue.claim(Duration::from_secs(60), &stop).await }
+    });
+    eventually(Duration::from_secs(10), "the queue to LISTEN", || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(&app)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        listening == 1
+    })
+    .await;
+    // A clone's short claims each end on their own time, not when the sleeper wakes.
+    let other = queue.clone();
+    let started = Instant::now();
+    let short = async {
+        for _ in 0..3 {
+            assert!(other.claim(ms(100), &stop).await.unwrap().is_none());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), short)
+        .await
+        .expect("the clone's claims waited for the sleeping claim");
+    // And an enqueue wakes the sleeper at once, long before its minute is up.
+    let id = other.enqueue(NewJob::new(b"wake".to_vec())).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(20), sleeper)
+        .await
+        .expect("the sleeping claim was woken by the notification")
+        .unwrap()
+        .unwrap()
+        .expect("it claimed the job");
+    assert_eq!(woken.job.id(), id);
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    other.ack(woken.receipt).await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_queue_settings_are_rejected_when_the_worker_starts() {
-    let queue = sqlite(ms(1_000)).await.unwrap().queue;
+    let (queue, _backend) = sqlite(ms(1_000)).await.unwrap();
     let controller = controller();
     let zero = Worker::new(queue.clone(), |_job: Job| async {})
         .concurrency(0)

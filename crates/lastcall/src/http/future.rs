@@ -8,7 +8,7 @@ use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Response, StatusCode, Version};
 
 use super::DrainBody;
-use crate::{Phase, WorkGuard, WorkKind};
+use crate::{Phase, Shutdown, WorkGuard, WorkKind};
 
 pin_project_lite::pin_project! {
     /// The future returned by [`Drain`](super::Drain).
@@ -31,6 +31,9 @@ pin_project_lite::pin_project! {
             // its response has been sent.
             guard: Option<WorkGuard>,
             version: Version,
+            // Read when the response is ready: a request that outlives stop-accepting is told
+            // to close its connection.
+            shutdown: Shutdown,
         },
         Ready {
             response: Option<Response<bytes::Bytes>>,
@@ -39,12 +42,18 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn inner(future: F, guard: WorkGuard, version: Version) -> ResponseFuture<F> {
+    pub(crate) fn inner(
+        future: F,
+        guard: WorkGuard,
+        version: Version,
+        shutdown: Shutdown,
+    ) -> ResponseFuture<F> {
         ResponseFuture {
             kind: Kind::Inner {
                 future,
                 guard: Some(guard),
                 version,
+                shutdown,
             },
         }
     }
@@ -71,6 +80,7 @@ where
                 future,
                 guard,
                 version,
+                shutdown,
             } => {
                 let response = ready!(future.poll(cx))?;
                 let (mut parts, body) = response.into_parts();
@@ -91,8 +101,7 @@ where
                     guard.set_kind(WorkKind::Stream);
                 }
                 // After stop-accepting, tell an HTTP/1.x client not to reuse the connection.
-                // The guard reads the phase without a reference count on the shutdown.
-                if guard.phase() >= Phase::StopAccepting
+                if shutdown.phase() >= Phase::StopAccepting
                     && *version <= Version::HTTP_11
                     && parts.status != StatusCode::SWITCHING_PROTOCOLS
                 {

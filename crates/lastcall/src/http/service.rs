@@ -9,7 +9,6 @@ use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::{DrainBody, DrainLayer, DrainPolicy, ResponseFuture};
-use crate::tracker::Label;
 use crate::{Phase, WorkKind};
 
 /// The service [`DrainLayer`] wraps around an inner service; see the layer for what it does.
@@ -108,15 +107,18 @@ where
                 return ResponseFuture::ready(response);
             }
         }
-        // Kept inline when short: a heap label would cost more than the rest of the layer.
         let target = req
             .uri()
             .path_and_query()
             .map_or_else(|| req.uri().path(), |pq| pq.as_str());
-        let label = Label::joined(req.method().as_str(), target);
-        let guard = shutdown.tracker().track_label(WorkKind::Request, label);
+        let method = req.method().as_str();
+        let mut label = String::with_capacity(method.len() + 1 + target.len());
+        label.push_str(method);
+        label.push(' ');
+        label.push_str(target);
+        let guard = shutdown.tracker().track(WorkKind::Request, label);
         let version = req.version();
-        ResponseFuture::inner(self.inner.call(req), guard, version)
+        ResponseFuture::inner(self.inner.call(req), guard, version, shutdown.clone())
     }
 }
 

@@ -271,6 +271,12 @@ pub trait Queue: Send + Sync + 'static {
         receipt: Self::Receipt,
         error: &str,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// How many jobs of this queue are waiting or running (dead letters excluded).
+    fn pending(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// How many jobs of this queue are in the dead letters.
+    fn dead(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
 }
 
 /// What a queue operation can fail with.
@@ -339,14 +345,17 @@ impl QueueError {
 }
 
 /// Milliseconds in a duration, saturating.
-#[cfg_attr(not(any(feature = "sqlite", feature = "nats")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "nats")),
+    allow(dead_code)
+)]
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Wall-clock unix milliseconds: queue rows and messages are shared by processes, so times
-/// stored in them (SQLite's leases, a NATS job's not-before) come from a clock they share.
-#[cfg_attr(not(any(feature = "sqlite", feature = "nats")), allow(dead_code))]
+/// Wall-clock unix milliseconds: queue messages are shared by processes, so times stored in
+/// them (a NATS job's not-before) come from a clock they share.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -155,24 +155,6 @@ impl NatsQueue {
         })
     }
 
-    /// Jobs waiting or running in this queue (dead letters excluded).
-    ///
-    /// # Errors
-    ///
-    /// [`QueueError::Backend`] if the stream's info cannot be read.
-    pub async fn pending(&self) -> Result<u64, QueueError> {
-        self.messages(&self.stream, "pending").await
-    }
-
-    /// Jobs of this queue in the dead letters.
-    ///
-    /// # Errors
-    ///
-    /// [`QueueError::Backend`] if the stream's info cannot be read.
-    pub async fn dead(&self) -> Result<u64, QueueError> {
-        self.messages(&self.dead_stream, "dead").await
-    }
-
     /// Deletes the queue's streams and consumer, with every job and dead letter in them.
     ///
     /// # Errors
@@ -403,5 +385,13 @@ impl Queue for NatsQueue {
             .double_ack()
             .await
             .map_err(|e| self.err("dead_letter", e))
+    }
+
+    async fn pending(&self) -> Result<u64, QueueError> {
+        self.messages(&self.stream, "pending").await
+    }
+
+    async fn dead(&self) -> Result<u64, QueueError> {
+        self.messages(&self.dead_stream, "dead").await
     }
 }

@@ -1,32 +1,30 @@
 //! The PostgreSQL queue: a jobs table with leases, claimed with `FOR UPDATE SKIP LOCKED`,
 //! woken by `LISTEN`/`NOTIFY`.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnection, PgListener, PgPool};
-use sqlx::Row;
-use tokio::sync::Mutex;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::sql::{token, SqlReceipt};
+use super::sql::{SqlCore, SqlReceipt, Statements};
 use super::{check_name, Delivery, Job, NewJob, Queue, QueueError};
 
 /// The schema [`PgQueue::migrate`] applies, for projects that run their own migrations.
 pub const POSTGRES_SCHEMA: &str = include_str!("../../migrations/postgres/0001_lastcall_jobs.sql");
-
-/// The channel enqueues notify, with the queue's name as the payload.
-const CHANNEL: &str = "lastcall_jobs";
 
 /// A job queue in a PostgreSQL database (feature `postgres`).
 ///
 /// Jobs live in `lastcall_jobs` (see [`PgQueue::migrate`]). A claim takes the oldest due row
 /// with `FOR UPDATE SKIP LOCKED`, so many workers claim in parallel without waiting on each
 /// other, and sets its lease and token in the same statement. Times come from the database's
-/// clock. An idle claim sleeps on `LISTEN lastcall_jobs` (every enqueue, retry and release
-/// sends `NOTIFY` with the queue's name when its transaction commits) and otherwise wakes when
-/// the next delayed job falls due or, at the latest, after [`PgQueue::poll_interval`]
-/// (default 1 s, for leases that expire); it never spins.
+/// clock. An idle claim sleeps until a notification (every enqueue, retry and release sends
+/// `NOTIFY lastcall_jobs` with the queue's name when its transaction commits; one task per
+/// queue and its clones listens, from the first claim on, and wakes every claim asleep), the
+/// next delayed job falls due or, at the latest, [`PgQueue::poll_interval`] (default 1 s, for
+/// leases that expire); it never spins, and no claim waits for another's sleep.
 ///
 /// # Examples
 ///
@@ -42,12 +40,61 @@ const CHANNEL: &str = "lastcall_jobs";
 /// ```
 #[derive(Debug, Clone)]
 pub struct PgQueue {
-    pool: PgPool,
-    name: Arc<str>,
-    lease: Duration,
+    core: SqlCore<Postgres>,
     poll: Duration,
-    listener: Arc<Mutex<Option<PgListener>>>,
+    wakeups: Arc<Wakeups>,
 }
+
+/// The notifications for one queue, passed from its listening task to the claims asleep.
+#[derive(Debug)]
+struct Wakeups {
+    notify: Notify,
+    /// Whether the listening task was started (by the first claim).
+    listening: AtomicBool,
+    /// Ends the listening task; cancelled when the queue's last clone is dropped.
+    stop: CancellationToken,
+}
+
+/// PostgreSQL's statements; see [`Statements`] for their parameters.
+static STATEMENTS: Statements = Statements {
+    enqueue: "WITH job AS (
+                INSERT INTO lastcall_jobs (queue, payload, dedup_key, run_at)
+                VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') RETURNING id)
+              SELECT id FROM job, pg_notify('lastcall_jobs', $1)",
+    claim: "UPDATE lastcall_jobs
+               SET attempts = attempts + 1,
+                   lease_until = now() + $2 * interval '1 millisecond',
+                   lease_token = $3
+             WHERE id = (SELECT id FROM lastcall_jobs
+                          WHERE queue = $1 AND run_at <= now()
+                            AND (lease_until IS NULL OR lease_until <= now())
+                          ORDER BY run_at, id
+                          LIMIT 1
+                          FOR UPDATE SKIP LOCKED)
+            RETURNING id, payload, attempts::bigint AS attempts, dedup_key",
+    renew: "UPDATE lastcall_jobs SET lease_until = now() + $1 * interval '1 millisecond'
+             WHERE id = $2 AND lease_token = $3 RETURNING id",
+    ack: "DELETE FROM lastcall_jobs WHERE id = $1 AND lease_token = $2 RETURNING id",
+    unclaim: "WITH job AS (
+                UPDATE lastcall_jobs
+                   SET run_at = now() + $1 * interval '1 millisecond', lease_until = NULL,
+                       lease_token = NULL, last_error = COALESCE($2, last_error),
+                       attempts = attempts - $3
+                 WHERE id = $4 AND lease_token = $5 RETURNING queue)
+              SELECT pg_notify('lastcall_jobs', queue) FROM job",
+    bury: "INSERT INTO lastcall_dead_jobs
+                  (id, queue, payload, dedup_key, attempts, last_error, created_at)
+           SELECT id, queue, payload, dedup_key, attempts, $1, created_at
+             FROM lastcall_jobs WHERE id = $2 AND lease_token = $3 RETURNING id",
+    delete: "DELETE FROM lastcall_jobs WHERE id = $1 AND lease_token = $2 RETURNING id",
+    mark_processed: "INSERT INTO lastcall_processed_jobs (dedup_key) VALUES ($1)
+                     ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
+    pending: "SELECT COUNT(*) FROM lastcall_jobs WHERE queue = $1",
+    dead: "SELECT COUNT(*) FROM lastcall_dead_jobs WHERE queue = $1",
+};
+
+/// The channel enqueues, retries and releases notify, with the queue's name as the payload.
+const CHANNEL: &str = "lastcall_jobs";
 
 impl PgQueue {
     /// Creates the queue's tables and index if they are missing ([`POSTGRES_SCHEMA`]), under
@@ -80,17 +127,24 @@ impl PgQueue {
     pub fn new(pool: PgPool, name: &str) -> Result<PgQueue, QueueError> {
         check_name(name)?;
         Ok(PgQueue {
-            pool,
-            name: name.into(),
-            lease: Duration::from_secs(30),
+            core: SqlCore {
+                pool,
+                name: name.into(),
+                lease: Duration::from_secs(30),
+                sql: &STATEMENTS,
+            },
             poll: Duration::from_secs(1),
-            listener: Arc::new(Mutex::new(None)),
+            wakeups: Arc::new(Wakeups {
+                notify: Notify::new(),
+                listening: AtomicBool::new(false),
+                stop: CancellationToken::new(),
+            }),
         })
     }
 
     /// How long a claim lasts unless renewed (default 30 s, at least 100 ms).
     pub fn lease(mut self, lease: Duration) -> PgQueue {
-        self.lease = lease;
+        self.core.lease = lease;
         self
     }
 
@@ -103,7 +157,7 @@ impl PgQueue {
 
     /// The pool the queue uses.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.core.pool
     }
 
     /// Enqueues a job inside the caller's transaction, so the job exists exactly when the
@@ -117,21 +171,7 @@ impl PgQueue {
         conn: &mut PgConnection,
         job: NewJob,
     ) -> Result<i64, QueueError> {
-        let id: i64 = sqlx::query_scalar(
-            "WITH job AS (
-                INSERT INTO lastcall_jobs (queue, payload, dedup_key, run_at)
-                VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING id)
-             SELECT id FROM job, pg_notify($5, $1)",
-        )
-        .bind(&*self.name)
-        .bind(job.payload())
-        .bind(job.key_ref())
-        .bind(job.delay_ref().as_secs_f64())
-        .bind(CHANNEL)
-        .fetch_one(conn)
-        .await
-        .map_err(|e| self.err("enqueue", e))?;
-        Ok(id)
+        self.core.enqueue_in(conn, job).await
     }
 
     /// Records that `job`'s effect is applied, inside the caller's transaction; returns `false`
@@ -145,181 +185,88 @@ impl PgQueue {
     ///
     /// [`QueueError::Backend`] if the insert fails.
     pub async fn mark_processed(conn: &mut PgConnection, job: &Job) -> Result<bool, QueueError> {
-        let done = sqlx::query(
-            "INSERT INTO lastcall_processed_jobs (dedup_key) VALUES ($1)
-             ON CONFLICT (dedup_key) DO NOTHING",
-        )
-        .bind(&*job.dedup_key())
-        .execute(conn)
-        .await
-        .map_err(|e| QueueError::backend(job.queue(), "mark_processed", e))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Jobs waiting or running in this queue (dead letters excluded).
-    ///
-    /// # Errors
-    ///
-    /// [`QueueError::Backend`] if the query fails.
-    pub async fn pending(&self) -> Result<u64, QueueError> {
-        self.count(
-            "SELECT COUNT(*) FROM lastcall_jobs WHERE queue = $1",
-            "pending",
-        )
-        .await
-    }
-
-    /// Jobs of this queue in the dead letters.
-    ///
-    /// # Errors
-    ///
-    /// [`QueueError::Backend`] if the query fails.
-    pub async fn dead(&self) -> Result<u64, QueueError> {
-        self.count(
-            "SELECT COUNT(*) FROM lastcall_dead_jobs WHERE queue = $1",
-            "dead",
-        )
-        .await
-    }
-
-    async fn count(&self, sql: &'static str, op: &'static str) -> Result<u64, QueueError> {
-        let n: i64 = sqlx::query_scalar(sql)
-            .bind(&*self.name)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(op, e))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    fn err(&self, op: &'static str, e: sqlx::Error) -> QueueError {
-        QueueError::backend(&self.name, op, e)
-    }
-
-    async fn try_claim(&self) -> Result<Option<Delivery<SqlReceipt>>, QueueError> {
-        let token = token();
-        let row = sqlx::query(
-            "UPDATE lastcall_jobs
-                SET attempts = attempts + 1,
-                    lease_until = now() + make_interval(secs => $1),
-                    lease_token = $2
-              WHERE id = (SELECT id FROM lastcall_jobs
-                           WHERE queue = $3 AND run_at <= now()
-                             AND (lease_until IS NULL OR lease_until <= now())
-                           ORDER BY run_at, id
-                           LIMIT 1
-                           FOR UPDATE SKIP LOCKED)
-             RETURNING id, payload, attempts, dedup_key",
-        )
-        .bind(self.lease.as_secs_f64())
-        .bind(token)
-        .bind(&*self.name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.err("claim", e))?;
-        let Some(row) = row else { return Ok(None) };
-        let decode = |e| self.err("claim", e);
-        let id: i64 = row.try_get("id").map_err(decode)?;
-        let attempts: i32 = row.try_get("attempts").map_err(decode)?;
-        let job = Job::new(
-            self.name.clone(),
-            id.to_string(),
-            row.try_get("payload").map_err(decode)?,
-            u32::try_from(attempts).unwrap_or(0),
-            row.try_get("dedup_key").map_err(decode)?,
-        );
-        Ok(Some(Delivery {
-            job,
-            receipt: SqlReceipt { id, token },
-        }))
+        SqlCore::<Postgres>::mark_processed(&STATEMENTS, conn, job).await
     }
 
     /// How long until the next job of this queue falls due (a delayed job, a retry, an
     /// expiring lease), if any does.
     async fn next_due(&self) -> Result<Option<Duration>, QueueError> {
         let ms: Option<f64> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM MIN(GREATEST(run_at, COALESCE(lease_until, run_at))) - now()) * 1000
+            // EXTRACT is NUMERIC since PostgreSQL 14: cast, or decoding fails whenever a job is
+            // leased or delayed.
+            "SELECT (EXTRACT(EPOCH FROM MIN(GREATEST(run_at, COALESCE(lease_until, run_at))) - now()) * 1000)::float8
                FROM lastcall_jobs WHERE queue = $1",
         )
-        .bind(&*self.name)
-        .fetch_one(&self.pool)
+        .bind(&*self.core.name)
+        .fetch_one(&self.core.pool)
         .await
-        .map_err(|e| self.err("claim", e))?;
+        .map_err(|e| self.core.err("claim", e))?;
         Ok(ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)))
     }
 
-    /// Sleeps until a notification for this queue, `until`, or `stop`, whichever comes first.
-    async fn sleep(&self, until: tokio::time::Instant, stop: &CancellationToken) {
-        let mut listener = self.listener.lock().await;
-        if listener.is_none() {
-            match PgListener::connect_with(&self.pool).await {
-                Ok(mut l) => match l.listen(CHANNEL).await {
-                    Ok(()) => *listener = Some(l),
-                    Err(e) => {
-                        tracing::warn!(queue = %self.name, error = %e, "LISTEN failed; polling")
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(queue = %self.name, error = %e, "LISTEN connection failed; polling")
+    /// Starts the queue's listening task, once.
+    fn listen(&self) {
+        if self.wakeups.listening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(listen(
+            self.core.pool.clone(),
+            self.core.name.clone(),
+            Arc::downgrade(&self.wakeups),
+            self.wakeups.stop.clone(),
+            self.poll,
+        ));
+    }
+}
+
+/// Listens on [`CHANNEL`] and wakes the queue's sleeping claims for each notification naming
+/// it, until the queue is dropped. A lost connection is reconnected after `retry`; meanwhile
+/// the claims still poll.
+async fn listen(
+    pool: PgPool,
+    name: Arc<str>,
+    wakeups: Weak<Wakeups>,
+    stop: CancellationToken,
+    retry: Duration,
+) {
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match connected.await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(queue = %name, error = %e, "LISTEN failed; polling");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => continue,
                 }
             }
-        }
-        let deadline = tokio::time::sleep_until(until);
-        tokio::pin!(deadline);
+        };
         loop {
-            let Some(l) = listener.as_mut() else {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = &mut deadline => {}
-                }
-                return;
-            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = &mut deadline => return,
-                note = l.recv() => match note {
-                    Ok(note) if note.payload() == &*self.name => return,
+                note = listener.recv() => match note {
+                    Ok(note) if note.payload() == &*name => match wakeups.upgrade() {
+                        Some(wakeups) => wakeups.notify.notify_waiters(),
+                        None => return,
+                    },
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(queue = %self.name, error = %e, "LISTEN connection lost; reconnecting");
-                        *listener = None;
-                        return;
+                        tracing::warn!(queue = %name, error = %e, "LISTEN connection lost; reconnecting");
+                        break;
                     }
                 },
             }
         }
     }
+}
 
-    /// Makes a claimed job runnable after `delay`; `refund` takes the claim's attempt back.
-    async fn unclaim(
-        &self,
-        op: &'static str,
-        receipt: SqlReceipt,
-        delay: Duration,
-        error: Option<&str>,
-        refund: bool,
-    ) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "WITH job AS (
-                UPDATE lastcall_jobs
-                   SET run_at = now() + make_interval(secs => $1), lease_until = NULL,
-                       lease_token = NULL, last_error = COALESCE($2, last_error),
-                       attempts = attempts - $3
-                 WHERE id = $4 AND lease_token = $5 RETURNING queue)
-             SELECT pg_notify($6, queue) FROM job",
-        )
-        .bind(delay.as_secs_f64())
-        .bind(error)
-        .bind(i32::from(refund))
-        .bind(receipt.id)
-        .bind(receipt.token)
-        .bind(CHANNEL)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.err(op, e))?;
-        match done {
-            Some(_) => Ok(()),
-            None => Err(receipt.lost(&self.name)),
-        }
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -327,22 +274,15 @@ impl Queue for PgQueue {
     type Receipt = SqlReceipt;
 
     fn name(&self) -> &str {
-        &self.name
+        &self.core.name
     }
 
     fn lease(&self) -> Duration {
-        self.lease
+        self.core.lease
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<String, QueueError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.err("enqueue", e))?;
-        self.enqueue_in(&mut conn, job)
-            .await
-            .map(|id| id.to_string())
+        self.core.enqueue(job).await
     }
 
     async fn claim(
@@ -351,8 +291,14 @@ impl Queue for PgQueue {
         stop: &CancellationToken,
     ) -> Result<Option<Delivery<SqlReceipt>>, QueueError> {
         let until = tokio::time::Instant::now() + wait;
+        self.listen();
         loop {
-            if let Some(delivery) = self.try_claim().await? {
+            // Registered before the claim, so a notification right after it still wakes this
+            // one.
+            let woken = self.wakeups.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(delivery) = self.core.try_claim().await? {
                 return Ok(Some(delivery));
             }
             let now = tokio::time::Instant::now();
@@ -362,32 +308,20 @@ impl Queue for PgQueue {
             let due = self.next_due().await?.unwrap_or(self.poll);
             // A millisecond past the due time, so the next claim sees the job as due.
             let wake = (now + due.min(self.poll) + Duration::from_millis(1)).min(until);
-            self.sleep(wake, stop).await;
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(None),
+                _ = &mut woken => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
         }
     }
 
     async fn renew(&self, receipt: &SqlReceipt) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "UPDATE lastcall_jobs SET lease_until = now() + make_interval(secs => $1)
-              WHERE id = $2 AND lease_token = $3",
-        )
-        .bind(self.lease.as_secs_f64())
-        .bind(receipt.id)
-        .bind(receipt.token)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err("renew", e))?;
-        receipt.matched(&self.name, done.rows_affected())
+        self.core.renew(receipt).await
     }
 
     async fn ack(&self, receipt: SqlReceipt) -> Result<(), QueueError> {
-        let done = sqlx::query("DELETE FROM lastcall_jobs WHERE id = $1 AND lease_token = $2")
-            .bind(receipt.id)
-            .bind(receipt.token)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err("ack", e))?;
-        receipt.matched(&self.name, done.rows_affected())
+        self.core.ack(receipt).await
     }
 
     async fn retry(
@@ -396,28 +330,26 @@ impl Queue for PgQueue {
         delay: Duration,
         error: &str,
     ) -> Result<(), QueueError> {
-        self.unclaim("retry", receipt, delay, Some(error), false)
+        self.core
+            .unclaim("retry", receipt, delay, Some(error), false)
             .await
     }
 
     async fn release(&self, receipt: SqlReceipt, delay: Duration) -> Result<(), QueueError> {
-        self.unclaim("release", receipt, delay, None, true).await
+        self.core
+            .unclaim("release", receipt, delay, None, true)
+            .await
     }
 
     async fn dead_letter(&self, receipt: SqlReceipt, error: &str) -> Result<(), QueueError> {
-        let moved = sqlx::query(
-            "WITH job AS (
-                DELETE FROM lastcall_jobs WHERE id = $1 AND lease_token = $2
-                RETURNING id, queue, payload, dedup_key, attempts, created_at)
-             INSERT INTO lastcall_dead_jobs (id, queue, payload, dedup_key, attempts, last_error, created_at)
-             SELECT id, queue, payload, dedup_key, attempts, $3, created_at FROM job",
-        )
-        .bind(receipt.id)
-        .bind(receipt.token)
-        .bind(error)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err("dead_letter", e))?;
-        receipt.matched(&self.name, moved.rows_affected())
+        self.core.dead_letter(receipt, error).await
+    }
+
+    async fn pending(&self) -> Result<u64, QueueError> {
+        self.core.pending().await
+    }
+
+    async fn dead(&self) -> Result<u64, QueueError> {
+        self.core.dead().await
     }
 }

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::{Delivery, Job, Queue, QueueError, Retry};
-use crate::step::{error_chain, panic_message, StepResult};
+use crate::spawned::Spawned;
+use crate::step::StepResult;
 use crate::{Controller, Phase, Shutdown, WorkGuard};
 
 /// Claims jobs from a [`Queue`] with a fixed concurrency and runs a handler for each, in step
@@ -348,24 +349,17 @@ async fn supervise<Q, H, Fut>(
     let attempt = job.attempt();
     let queue = &inner.queue;
     let handler = inner.clone();
-    // Spawned so a panic in the handler is caught as a JoinError and the job can be cut.
-    let mut run = tokio::spawn(async move { (handler.handler)(job).await.into_step_result() });
+    // On a task of its own, so a panic in the handler is a failure and the job can be cut.
+    let mut run = Spawned::spawn(async move { (handler.handler)(job).await });
     let every = queue.lease() / 3;
     let mut renew = tokio::time::interval_at(Instant::now() + every, every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let cut = inner.shutdown.reached(Phase::FlushTelemetry);
+    let cut = inner.shutdown.cut();
     tokio::pin!(cut);
     let outcome: Result<(), String> = loop {
         tokio::select! {
             biased;
-            ran = &mut run => break match ran {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(error_chain(&*error)),
-                Err(join) => match join.try_into_panic() {
-                    Ok(payload) => Err(format!("panicked: {}", panic_message(&*payload))),
-                    Err(_) => Err("the job's task was cancelled".into()),
-                },
-            },
+            ran = &mut run => break ran.into_result("job"),
             _ = &mut cut => {
                 run.abort();
                 let _ = run.await;

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
-use sqlx::Row;
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::sql::{token, SqlReceipt};
-use super::{check_name, millis, now_ms, Delivery, Job, NewJob, Queue, QueueError};
+use super::sql::{SqlCore, SqlReceipt, Statements};
+use super::{check_name, Delivery, Job, NewJob, Queue, QueueError};
 
 /// The schema [`SqliteQueue::migrate`] applies, for projects that run their own migrations.
 pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_lastcall_jobs.sql");
@@ -18,7 +17,7 @@ pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_lastc
 ///
 /// Jobs live in `lastcall_jobs` (see [`SqliteQueue::migrate`]); a claim sets a lease
 /// (`lease_until`) and a token in one `UPDATE ... RETURNING`, which SQLite's single writer
-/// makes atomic across processes. A claim finds nothing waits for an enqueue in this process
+/// makes atomic across processes. Times are unix milliseconds from SQLite's clock (the host's). A claim finds nothing waits for an enqueue in this process
 /// or the next poll ([`SqliteQueue::poll_interval`], default 200 ms), whichever comes first; it
 /// never spins. Open the pool in WAL mode with a busy timeout when several processes share
 /// the file.
@@ -38,12 +37,76 @@ pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_lastc
 /// ```
 #[derive(Debug, Clone)]
 pub struct SqliteQueue {
-    pool: SqlitePool,
-    name: Arc<str>,
-    lease: Duration,
+    core: SqlCore<Sqlite>,
     poll: Duration,
     enqueued: Arc<Notify>,
 }
+
+/// The time now in unix milliseconds, from SQLite's clock (fixed for one statement).
+macro_rules! now {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    };
+}
+
+/// SQLite's statements; see [`Statements`] for their parameters.
+static STATEMENTS: Statements = Statements {
+    enqueue: concat!(
+        "INSERT INTO lastcall_jobs (queue, payload, dedup_key, run_at, created_at)
+         VALUES (?1, ?2, ?3, ",
+        now!(),
+        " + ?4, ",
+        now!(),
+        ") RETURNING id"
+    ),
+    claim: concat!(
+        "UPDATE lastcall_jobs
+            SET attempts = attempts + 1, lease_until = ",
+        now!(),
+        " + ?2, lease_token = ?3
+          WHERE id = (SELECT id FROM lastcall_jobs
+                       WHERE queue = ?1 AND run_at <= ",
+        now!(),
+        "
+                         AND (lease_until IS NULL OR lease_until <= ",
+        now!(),
+        ")
+                       ORDER BY run_at, id LIMIT 1)
+         RETURNING id, payload, attempts, dedup_key"
+    ),
+    renew: concat!(
+        "UPDATE lastcall_jobs SET lease_until = ",
+        now!(),
+        " + ?1
+          WHERE id = ?2 AND lease_token = ?3 RETURNING id"
+    ),
+    ack: "DELETE FROM lastcall_jobs WHERE id = ?1 AND lease_token = ?2 RETURNING id",
+    unclaim: concat!(
+        "UPDATE lastcall_jobs
+            SET run_at = ",
+        now!(),
+        " + ?1, lease_until = NULL, lease_token = NULL,
+                last_error = COALESCE(?2, last_error), attempts = attempts - ?3
+          WHERE id = ?4 AND lease_token = ?5 RETURNING id"
+    ),
+    bury: concat!(
+        "INSERT INTO lastcall_dead_jobs
+                (id, queue, payload, dedup_key, attempts, last_error, created_at, died_at)
+         SELECT id, queue, payload, dedup_key, attempts, ?1, created_at, ",
+        now!(),
+        "
+           FROM lastcall_jobs WHERE id = ?2 AND lease_token = ?3 RETURNING id"
+    ),
+    delete: "DELETE FROM lastcall_jobs WHERE id = ?1 AND lease_token = ?2 RETURNING id",
+    mark_processed: concat!(
+        "INSERT INTO lastcall_processed_jobs (dedup_key, processed_at) VALUES (?1, ",
+        now!(),
+        ")
+         ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key"
+    ),
+    pending: "SELECT COUNT(*) FROM lastcall_jobs WHERE queue = ?1",
+    dead: "SELECT COUNT(*) FROM lastcall_dead_jobs WHERE queue = ?1",
+};
 
 impl SqliteQueue {
     /// Creates the queue's tables and index if they are missing ([`SQLITE_SCHEMA`]).
@@ -68,9 +131,12 @@ impl SqliteQueue {
     pub fn new(pool: SqlitePool, name: &str) -> Result<SqliteQueue, QueueError> {
         check_name(name)?;
         Ok(SqliteQueue {
-            pool,
-            name: name.into(),
-            lease: Duration::from_secs(30),
+            core: SqlCore {
+                pool,
+                name: name.into(),
+                lease: Duration::from_secs(30),
+                sql: &STATEMENTS,
+            },
             poll: Duration::from_millis(200),
             enqueued: Arc::new(Notify::new()),
         })
@@ -78,7 +144,7 @@ impl SqliteQueue {
 
     /// How long a claim lasts unless renewed (default 30 s, at least 100 ms).
     pub fn lease(mut self, lease: Duration) -> SqliteQueue {
-        self.lease = lease;
+        self.core.lease = lease;
         self
     }
 
@@ -90,7 +156,7 @@ impl SqliteQueue {
 
     /// The pool the queue uses.
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.core.pool
     }
 
     /// Enqueues a job inside the caller's transaction, so the job exists exactly when the
@@ -104,19 +170,7 @@ impl SqliteQueue {
         conn: &mut SqliteConnection,
         job: NewJob,
     ) -> Result<i64, QueueError> {
-        let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO lastcall_jobs (queue, payload, dedup_key, run_at, created_at)
-             VALUES (?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&*self.name)
-        .bind(job.payload())
-        .bind(job.key_ref())
-        .bind(now.saturating_add(millis(job.delay_ref())))
-        .bind(now)
-        .fetch_one(conn)
-        .await
-        .map_err(|e| self.err("enqueue", e))?;
+        let id = self.core.enqueue_in(conn, job).await?;
         self.enqueued.notify_one();
         Ok(id)
     }
@@ -135,112 +189,7 @@ impl SqliteQueue {
         conn: &mut SqliteConnection,
         job: &Job,
     ) -> Result<bool, QueueError> {
-        let done = sqlx::query(
-            "INSERT INTO lastcall_processed_jobs (dedup_key, processed_at) VALUES (?, ?)
-             ON CONFLICT (dedup_key) DO NOTHING",
-        )
-        .bind(&*job.dedup_key())
-        .bind(now_ms())
-        .execute(conn)
-        .await
-        .map_err(|e| QueueError::backend(job.queue(), "mark_processed", e))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Jobs waiting or running in this queue (dead letters excluded).
-    ///
-    /// # Errors
-    ///
-    /// [`QueueError::Backend`] if the query fails.
-    pub async fn pending(&self) -> Result<u64, QueueError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lastcall_jobs WHERE queue = ?")
-            .bind(&*self.name)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err("pending", e))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    /// Jobs of this queue in the dead letters.
-    ///
-    /// # Errors
-    ///
-    /// [`QueueError::Backend`] if the query fails.
-    pub async fn dead(&self) -> Result<u64, QueueError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lastcall_dead_jobs WHERE queue = ?")
-            .bind(&*self.name)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err("dead", e))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    fn err(&self, op: &'static str, e: sqlx::Error) -> QueueError {
-        QueueError::backend(&self.name, op, e)
-    }
-
-    async fn try_claim(&self) -> Result<Option<Delivery<SqlReceipt>>, QueueError> {
-        let now = now_ms();
-        let token = token();
-        let row = sqlx::query(
-            "UPDATE lastcall_jobs
-                SET attempts = attempts + 1, lease_until = ?1, lease_token = ?2
-              WHERE id = (SELECT id FROM lastcall_jobs
-                           WHERE queue = ?3 AND run_at <= ?4
-                             AND (lease_until IS NULL OR lease_until <= ?4)
-                           ORDER BY run_at, id LIMIT 1)
-             RETURNING id, payload, attempts, dedup_key",
-        )
-        .bind(now.saturating_add(millis(self.lease)))
-        .bind(token)
-        .bind(&*self.name)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.err("claim", e))?;
-        let Some(row) = row else { return Ok(None) };
-        let decode = |e| self.err("claim", e);
-        let id: i64 = row.try_get("id").map_err(decode)?;
-        let attempts: i64 = row.try_get("attempts").map_err(decode)?;
-        let job = Job::new(
-            self.name.clone(),
-            id.to_string(),
-            row.try_get("payload").map_err(decode)?,
-            u32::try_from(attempts).unwrap_or(u32::MAX),
-            row.try_get("dedup_key").map_err(decode)?,
-        );
-        Ok(Some(Delivery {
-            job,
-            receipt: SqlReceipt { id, token },
-        }))
-    }
-
-    /// Makes a claimed job runnable after `delay`; `refund` takes the claim's attempt back.
-    async fn unclaim(
-        &self,
-        op: &'static str,
-        receipt: SqlReceipt,
-        delay: Duration,
-        error: Option<&str>,
-        refund: bool,
-    ) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "UPDATE lastcall_jobs
-                SET run_at = ?1, lease_until = NULL, lease_token = NULL,
-                    last_error = COALESCE(?2, last_error), attempts = attempts - ?3
-              WHERE id = ?4 AND lease_token = ?5",
-        )
-        .bind(now_ms().saturating_add(millis(delay)))
-        .bind(error)
-        .bind(i64::from(refund))
-        .bind(receipt.id)
-        .bind(receipt.token)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err(op, e))?;
-        receipt.matched(&self.name, done.rows_affected())?;
-        self.enqueued.notify_one();
-        Ok(())
+        SqlCore::<Sqlite>::mark_processed(&STATEMENTS, conn, job).await
     }
 }
 
@@ -248,22 +197,17 @@ impl Queue for SqliteQueue {
     type Receipt = SqlReceipt;
 
     fn name(&self) -> &str {
-        &self.name
+        &self.core.name
     }
 
     fn lease(&self) -> Duration {
-        self.lease
+        self.core.lease
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<String, QueueError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.err("enqueue", e))?;
-        self.enqueue_in(&mut conn, job)
-            .await
-            .map(|id| id.to_string())
+        let id = self.core.enqueue(job).await?;
+        self.enqueued.notify_one();
+        Ok(id)
     }
 
     async fn claim(
@@ -277,7 +221,7 @@ impl Queue for SqliteQueue {
             let enqueued = self.enqueued.notified();
             tokio::pin!(enqueued);
             enqueued.as_mut().enable();
-            if let Some(delivery) = self.try_claim().await? {
+            if let Some(delivery) = self.core.try_claim().await? {
                 return Ok(Some(delivery));
             }
             let now = tokio::time::Instant::now();
@@ -293,26 +237,11 @@ impl Queue for SqliteQueue {
     }
 
     async fn renew(&self, receipt: &SqlReceipt) -> Result<(), QueueError> {
-        let done = sqlx::query(
-            "UPDATE lastcall_jobs SET lease_until = ? WHERE id = ? AND lease_token = ?",
-        )
-        .bind(now_ms().saturating_add(millis(self.lease)))
-        .bind(receipt.id)
-        .bind(receipt.token)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err("renew", e))?;
-        receipt.matched(&self.name, done.rows_affected())
+        self.core.renew(receipt).await
     }
 
     async fn ack(&self, receipt: SqlReceipt) -> Result<(), QueueError> {
-        let done = sqlx::query("DELETE FROM lastcall_jobs WHERE id = ? AND lease_token = ?")
-            .bind(receipt.id)
-            .bind(receipt.token)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err("ack", e))?;
-        receipt.matched(&self.name, done.rows_affected())
+        self.core.ack(receipt).await
     }
 
     async fn retry(
@@ -321,39 +250,30 @@ impl Queue for SqliteQueue {
         delay: Duration,
         error: &str,
     ) -> Result<(), QueueError> {
-        self.unclaim("retry", receipt, delay, Some(error), false)
-            .await
+        self.core
+            .unclaim("retry", receipt, delay, Some(error), false)
+            .await?;
+        self.enqueued.notify_one();
+        Ok(())
     }
 
     async fn release(&self, receipt: SqlReceipt, delay: Duration) -> Result<(), QueueError> {
-        self.unclaim("release", receipt, delay, None, true).await
+        self.core
+            .unclaim("release", receipt, delay, None, true)
+            .await?;
+        self.enqueued.notify_one();
+        Ok(())
     }
 
     async fn dead_letter(&self, receipt: SqlReceipt, error: &str) -> Result<(), QueueError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.err("dead_letter", e))?;
-        let moved = sqlx::query(
-            "INSERT INTO lastcall_dead_jobs
-                    (id, queue, payload, dedup_key, attempts, last_error, created_at, died_at)
-             SELECT id, queue, payload, dedup_key, attempts, ?, created_at, ?
-               FROM lastcall_jobs WHERE id = ? AND lease_token = ?",
-        )
-        .bind(error)
-        .bind(now_ms())
-        .bind(receipt.id)
-        .bind(receipt.token)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err("dead_letter", e))?;
-        receipt.matched(&self.name, moved.rows_affected())?;
-        sqlx::query("DELETE FROM lastcall_jobs WHERE id = ?")
-            .bind(receipt.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err("dead_letter", e))?;
-        tx.commit().await.map_err(|e| self.err("dead_letter", e))
+        self.core.dead_letter(receipt, error).await
+    }
+
+    async fn pending(&self) -> Result<u64, QueueError> {
+        self.core.pending().await
+    }
+
+    async fn dead(&self) -> Result<u64, QueueError> {
+        self.core.dead().await
     }
 }
