@@ -7,7 +7,7 @@ fn check(args: &[&str]) -> (Option<i32>, Value, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
     command.arg("check").arg("--json").args(args);
     for (key, _) in std::env::vars() {
-        if key.starts_with("LASTCALL_") && key != "LASTCALL_REQUIRE_SERVICES" {
+        if key.starts_with("LASTCALL_") {
             command.env_remove(key);
         }
     }
@@ -124,13 +124,13 @@ fn assert_texts_inside_viewbox(page: &str) {
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad_service.py");
 
 /// Whether the fixture services can run; they need python3 (fails instead under
-/// `LASTCALL_REQUIRE_SERVICES=1`).
+/// `LCTEST_REQUIRE_SERVICES=1`).
 fn python() -> bool {
     if Command::new("python3").arg("--version").output().is_ok() {
         return true;
     }
     assert!(
-        std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        std::env::var("LCTEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
         "python3 is required for the fixture services"
     );
     eprintln!("skipping: python3 is missing");
@@ -251,7 +251,7 @@ fn check_fails_each_broken_service_on_the_scenario_it_breaks_with_the_reason() {
 fn check_passes_a_graceful_service_written_in_node() {
     if Command::new("node").arg("--version").output().is_err() {
         assert!(
-            std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            std::env::var("LCTEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
             "node is required for the Node.js fixture"
         );
         eprintln!("skipping: node is missing");
@@ -770,13 +770,13 @@ fn websocket_fails_a_session_cut_without_a_close_frame_and_skips_a_server_withou
     assert!(reason.contains("does not speak WebSocket"), "{reason}");
 }
 
-/// Whether node can run the Node.js fixtures (fails instead under `LASTCALL_REQUIRE_SERVICES=1`).
+/// Whether node can run the Node.js fixtures (fails instead under `LCTEST_REQUIRE_SERVICES=1`).
 fn node() -> bool {
     if Command::new("node").arg("--version").output().is_ok() {
         return true;
     }
     assert!(
-        std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        std::env::var("LCTEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
         "node is required for the Node.js fixtures"
     );
     eprintln!("skipping: node is missing");

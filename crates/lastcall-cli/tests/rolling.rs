@@ -34,7 +34,7 @@ impl Drop for Killed {
 fn start_demo(port: u16, db: &std::path::Path) -> Killed {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
     for (key, _) in std::env::vars() {
-        if key.starts_with("LASTCALL_") && key != "LASTCALL_REQUIRE_SERVICES" {
+        if key.starts_with("LASTCALL_") {
             command.env_remove(key);
         }
     }
@@ -108,7 +108,7 @@ fn read_response(stream: &mut TcpStream) -> Option<u16> {
 fn a_rolling_restart_behind_haproxy_fails_no_request() {
     if Command::new("haproxy").arg("-v").output().is_err() {
         assert!(
-            std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            std::env::var("LCTEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
             "haproxy is required (apt-get install haproxy)"
         );
         eprintln!("skipping: haproxy is missing");

@@ -25,9 +25,10 @@ use crate::{Budget, Controller, Signal};
 /// | `LASTCALL_REPORT_FILE` | [`Builder::report_file`] | none |
 ///
 /// Durations are human durations (`25s`, `1500ms`, `1m 30s`), at most a day. Reserves that are
-/// not set scale with the budget ([`Budget::from_settings`]), so a budget alone always works. An unknown `LASTCALL_*`
-/// variable is an error (it is most often a typo that would silently change nothing); declare
-/// your own with [`Builder::allow_env`].
+/// not set scale with the budget ([`Budget::from_settings`]), so a budget alone always works.
+/// An unknown `LASTCALL_*` variable within three edits of a setting is an error (a typo that
+/// would silently change nothing); any other unknown name, and a near miss of the prefix
+/// (`lastcall_budget`), is logged as a warning. Declare your own with [`Builder::allow_env`].
 ///
 /// # Examples
 ///

@@ -67,7 +67,7 @@ impl Fixture {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, _) in std::env::vars() {
-            if key.starts_with("LASTCALL_") && key != "LASTCALL_REQUIRE_SERVICES" {
+            if key.starts_with("LASTCALL_") {
                 command.env_remove(key);
             }
         }

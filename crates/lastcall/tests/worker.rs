@@ -1,9 +1,9 @@
 //! Workers, leases and the scheduler against the real queues on this machine.
 //!
 //! Every scenario runs once per adapter: SQLite (a file in the temp dir), PostgreSQL
-//! (`LASTCALL_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`) and NATS
-//! JetStream (`LASTCALL_TEST_NATS`, default `127.0.0.1:4222`). A test whose service is
-//! unreachable prints a notice and passes, unless `LASTCALL_REQUIRE_SERVICES=1`.
+//! (`LCTEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`) and NATS
+//! JetStream (`LCTEST_NATS`, default `127.0.0.1:4222`). A test whose service is
+//! unreachable prints a notice and passes, unless `LCTEST_REQUIRE_SERVICES=1`.
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -55,8 +55,8 @@ fn unique(prefix: &str) -> String {
 }
 
 fn unreachable(service: &str, error: impl std::fmt::Display) {
-    if std::env::var("LASTCALL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{service} is required (LASTCALL_REQUIRE_SERVICES=1) but unreachable: {error}");
+    if std::env::var("LCTEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{service} is required (LCTEST_REQUIRE_SERVICES=1) but unreachable: {error}");
     }
     eprintln!("notice: skipping, {service} is unreachable: {error}");
 }
@@ -132,7 +132,7 @@ async fn sqlite(lease: Duration) -> Option<(SqliteQueue, Backend)> {
 }
 
 fn postgres_url() -> String {
-    std::env::var("LASTCALL_TEST_POSTGRES")
+    std::env::var("LCTEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
@@ -167,7 +167,7 @@ async fn postgres(lease: Duration) -> Option<(PgQueue, Backend)> {
 }
 
 fn nats_address() -> String {
-    std::env::var("LASTCALL_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".into())
+    std::env::var("LCTEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".into())
 }
 
 async fn nats(lease: Duration) -> Option<(NatsQueue, Backend)> {
@@ -694,7 +694,7 @@ async fn postgres_clones_claim_without_waiting_for_each_others_sleep() {
     // LISTEN connection is up, without sleeping.
     let app = unique("lastcall_claims");
     let Ok(options) = postgres_url().parse::<sqlx::postgres::PgConnectOptions>() else {
-        panic!("LASTCALL_TEST_POSTGRES is not a PostgreSQL URL");
+        panic!("LCTEST_POSTGRES is not a PostgreSQL URL");
     };
     let Some(pool) = postgres_pool(options.application_name(&app)).await else {
         return;

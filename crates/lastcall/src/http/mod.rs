@@ -11,9 +11,9 @@
 //!   left at the wait-for-work deadline. It serves TCP and Unix domain sockets ([`Listener`]),
 //!   gives handlers axum's `ConnectInfo`, and takes hyper's HTTP/1 and HTTP/2 settings
 //!   ([`ServeConfig`]); [`listen`] binds with the system's largest accept backlog.
-//! - [`sse`] (feature `axum`) ends Server-Sent Events streams with a final event when
+//! - `sse` (feature `axum`) ends Server-Sent Events streams with a final event when
 //!   stop-accepting begins.
-//! - [`ws`] (feature `websocket`) closes WebSockets with 1001 "going away" when stop-accepting
+//! - `ws` (feature `websocket`) closes WebSockets with 1001 "going away" when stop-accepting
 //!   begins, and waits (bounded) for the peer's close.
 //!
 //! # Examples
@@ -61,7 +61,7 @@ pub use service::Drain;
 /// A response extension that makes [`DrainLayer`] track the response as a
 /// [`WorkKind::Stream`](crate::WorkKind::Stream) instead of a request, for streams it cannot
 /// recognise by their headers (`text/event-stream` and upgrades it does): a gRPC server stream,
-/// say ([`grpc::stream_response`](crate::grpc::stream_response) sets it), or a long download.
+/// say (`grpc::stream_response`, feature `tonic`, sets it), or a long download.
 ///
 /// # Examples
 ///

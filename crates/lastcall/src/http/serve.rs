@@ -662,7 +662,7 @@ async fn connection<L, S, B>(
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let stop = shutdown.reached(Phase::StopAccepting);
-    let cut = shutdown.reached(Phase::FlushTelemetry);
+    let cut = shutdown.cut();
     // One timer per connection, for the idle and header-read timeouts: it fires at least twice
     // per header-read timeout, so a head that is not complete in time is refused between 1 and
     // 1.5 timeouts after its first byte.
@@ -1117,7 +1117,7 @@ impl<L: Listener> Drop for Lingering<L> {
             return;
         };
         let guard = self.guard.take();
-        let cut = self.shutdown.reached(Phase::FlushTelemetry);
+        let cut = self.shutdown.cut();
         let linger = self.linger;
         runtime.spawn(async move {
             let _guard = guard;

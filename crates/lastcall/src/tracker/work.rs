@@ -22,7 +22,7 @@ pub enum WorkKind {
     Connection,
 }
 
-/// A snapshot of the active work, as returned by [`Tracker::active`].
+/// A snapshot of the active work, as returned by [`Tracker::active`](crate::Tracker::active).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ActiveWork {
     /// How many pieces of work were active.
