@@ -372,9 +372,9 @@ impl Shared {
     /// Moves to `phase` and wakes everything waiting for it or an earlier phase.
     pub(crate) fn enter(&self, phase: Phase) {
         let before = self.phase.fetch_max(phase as u8, Ordering::AcqRel);
-        for token in &self.tokens[..=phase.index()] {
-            token.cancel();
-        }
+        // Observers first: the tokens wake the flow, which enters the next phase at once, and
+        // the trigger enters not-ready on the signal thread, so observers told after the
+        // wake-up could hear the phases out of order.
         if before < phase as u8 {
             let observers = lock(&self.observers);
             if !observers.is_empty() {
@@ -385,6 +385,9 @@ impl Shared {
                     observer(phase, end);
                 }
             }
+        }
+        for token in &self.tokens[..=phase.index()] {
+            token.cancel();
         }
     }
 
