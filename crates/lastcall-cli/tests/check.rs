@@ -193,7 +193,9 @@ fn check_fails_each_broken_service_on_the_scenario_it_breaks_with_the_reason() {
             "never-unready",
             &["--only", "readiness"],
             "readiness",
-            "instead of 503",
+            // The probe either gets its 200 or, racing the listener's close, is refused: the
+            // same defect, named either way.
+            "instead of 503|before readiness ever answered 503",
         ),
         (
             "hangs",
@@ -229,7 +231,7 @@ fn check_fails_each_broken_service_on_the_scenario_it_breaks_with_the_reason() {
         let (status, reason) = status(&json, scenario);
         assert_eq!(status, "fail", "{mode}: {json:#}");
         assert!(
-            reason.contains(expected),
+            expected.split('|').any(|e| reason.contains(e)),
             "{mode}: expected {expected:?} in {reason:?}"
         );
     }
