@@ -287,9 +287,7 @@ impl Builder {
             // startup, not when the report is due.
             crate::report::check_report_file(path)?;
         }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ConfigError::NoRuntime);
-        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let watchdog =
             match self.watchdog {
                 true => Some(crate::watchdog::Watchdog::start().map_err(|source| {
@@ -305,6 +303,7 @@ impl Builder {
             self.force,
             watchdog,
             self.continue_after_run,
+            runtime,
             self.report_file.clone(),
         ));
         let on_signal = {

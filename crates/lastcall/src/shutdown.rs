@@ -85,7 +85,7 @@ pub(crate) struct Shared {
     continue_after_run: bool,
     /// The runtime the controller was built on, for the number of tasks still alive when the
     /// deadline ends the process.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    pub(crate) runtime: tokio::runtime::Handle,
     /// Where the report's summary goes at exit, if anywhere.
     pub(crate) report_file: Option<std::path::PathBuf>,
     phase: AtomicU8,
@@ -262,6 +262,7 @@ impl Shared {
         force: ForceExit,
         watchdog: Option<Watchdog>,
         continue_after_run: bool,
+        runtime: tokio::runtime::Handle,
         report_file: Option<std::path::PathBuf>,
     ) -> Shared {
         let tokens: [CancellationToken; 8] = Default::default();
@@ -273,7 +274,7 @@ impl Shared {
             force,
             watchdog,
             continue_after_run,
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            runtime,
             report_file,
             phase: AtomicU8::new(Phase::Running as u8),
             tokens,

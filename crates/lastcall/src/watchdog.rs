@@ -177,18 +177,9 @@ fn say_last_words(shared: &Shared, exit: Exit, why: &str) {
         .map(|(p, name)| format!("; step {name:?} ({p}) was running"))
         .unwrap_or_default();
     let after_flow = if phase == crate::Phase::Exit {
-        let tasks = shared
-            .runtime
-            .as_ref()
-            .map(|r| {
-                format!(
-                    "{} tasks alive on the runtime; ",
-                    r.metrics().num_alive_tasks()
-                )
-            })
-            .unwrap_or_default();
+        let tasks = shared.runtime.metrics().num_alive_tasks();
         format!(
-            " after the shutdown flow had finished ({tasks}what runs after Controller::run, such \
+            " after the shutdown flow had finished ({tasks} tasks alive on the runtime; what runs after Controller::run, such \
              as a spawn_blocking task the runtime's drop waits for or a thread that was not \
              joined, is not tracked and cannot be named)"
         )
