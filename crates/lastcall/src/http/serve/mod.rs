@@ -1,0 +1,219 @@
+//! Serving HTTP/1.1 and HTTP/2 through a shutdown: see [`serve`].
+//!
+//! - `mod.rs`: the accept loop ([`serve`]): it stops at stop-accepting, takes the connections
+//!   already in the kernel's queue, and waits for every connection to close;
+//! - `connection.rs`: one connection's life and timeouts;
+//! - `linger.rs`: the polite close (FIN, then read until the client's FIN);
+//! - `listener.rs`: what connections come from ([`Listener`], [`listen`]);
+//! - `config.rs`: [`ServeConfig`].
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::{BoxError, Phase, Shutdown};
+
+mod config;
+mod connection;
+mod linger;
+mod listener;
+
+pub use config::ServeConfig;
+pub use listener::{listen, Listener};
+
+use connection::{connection, Arrival};
+
+/// Serves `service` on `listener` until the shutdown has stopped accepting and every connection
+/// has closed.
+///
+/// - During the drain delay everything is served normally.
+/// - At stop-accepting the listener closes (new connections are refused, which balancers
+///   retry elsewhere); connections already waiting in the kernel's accept queue are accepted
+///   first and their request answered with `Connection: close`, where closing the listener
+///   would have reset them; idle HTTP/1 keep-alive connections close at once, busy ones answer their
+///   current request with `Connection: close` and then close; HTTP/2 connections get GOAWAY and
+///   finish their streams. Closing sends FIN and waits (bounded) for the client's, never a
+///   reset.
+/// - A connection whose request head is half read at stop-accepting gets a short grace (at most
+///   1 s, or what its header-read timeout has left); if the head is still incomplete then,
+///   the connection is closed without a request. A client trickling its head (slowloris) holds
+///   the shutdown for that grace at most, and is never counted as work cut. The number of
+///   connections closed without a request is logged when `serve` returns.
+/// - Every connection is tracked as [`WorkKind::Connection`](crate::WorkKind::Connection) work, so waiting for work covers
+///   them; at the wait-for-work deadline the ones still open are closed, and the report names
+///   them.
+/// - Each request carries its peer's address in its extensions, as axum's
+///   `ConnectInfo<SocketAddr>` (feature `axum`; `ConnectInfo<tokio::net::unix::SocketAddr>` on a
+///   Unix socket), so handlers that extract it work as under `axum::serve`.
+///
+/// Wrap the service in a [`DrainLayer`](super::DrainLayer) so requests are tracked and the
+/// health paths answered.
+///
+/// # Examples
+///
+/// Listening with the system's largest backlog ([`listen`]), so a burst of connections at the
+/// moment of the signal is queued, not dropped:
+///
+/// ```no_run
+/// use lastcall::http::{listen, serve, DrainLayer, ServeConfig};
+/// use lastcall::Controller;
+/// use tower::Layer;
+///
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let controller = Controller::from_env().expect("valid LASTCALL_* settings");
+/// let shutdown = controller.shutdown();
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+/// let app = DrainLayer::new(shutdown.clone()).layer(app);
+/// // The same as `TcpListener::bind`, with `net.core.somaxconn` as the backlog.
+/// let listener = listen(([127, 0, 0, 1], 3000).into())?;
+/// let server = tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()));
+/// let code = controller.run().await;
+/// let _ = server.await;
+/// # let _ = code; Ok(()) }
+/// ```
+///
+/// A Unix domain socket, with the same drain:
+///
+/// ```no_run
+/// # use lastcall::http::{serve, DrainLayer, ServeConfig};
+/// # use tower::Layer;
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// # let controller = lastcall::Controller::from_env().expect("valid settings");
+/// # let shutdown = controller.shutdown();
+/// # let app = DrainLayer::new(shutdown.clone()).layer(axum::Router::new());
+/// let listener = tokio::net::UnixListener::bind("/run/orders.sock")?;
+/// let server = tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()));
+/// # controller.run().await; let _ = server.await; Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// Never fails once listening: accept errors are logged and retried. The `io::Result` is for
+/// [`serve_std`]'s conversion of the listener.
+///
+/// # Cancel safety
+///
+/// Dropping the future stops accepting and drops every connection at once; let it finish.
+pub async fn serve<L, S, B>(
+    listener: L,
+    service: S,
+    shutdown: Shutdown,
+    config: ServeConfig,
+) -> io::Result<()>
+where
+    L: Listener,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let builder = config.builder();
+    let local = listener.describe();
+    let connections = TaskTracker::new();
+    let without_request = Arc::new(AtomicUsize::new(0));
+    let stop = shutdown.reached(Phase::StopAccepting);
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            accepted = listener.accept_one() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                L::prepare(&stream);
+                connections.spawn(connection::<L, S, B>(
+                    stream,
+                    peer,
+                    service.clone(),
+                    builder.clone(),
+                    Served {
+                        shutdown: shutdown.clone(),
+                        config: config.clone(),
+                        without_request: without_request.clone(),
+                    },
+                    Arrival::BeforeStop,
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                // Out of file descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // Connections the kernel completed but nobody accepted yet would be reset when the listener
+    // closes: accept them now and answer their first request with `Connection: close`.
+    let mut late = builder.clone();
+    late.http1().keep_alive(false);
+    let mut backlog = 0usize;
+    while let Ok(Ok((stream, peer))) =
+        tokio::time::timeout(Duration::ZERO, listener.accept_one()).await
+    {
+        backlog += 1;
+        L::prepare(&stream);
+        connections.spawn(connection::<L, S, B>(
+            stream,
+            peer,
+            service.clone(),
+            late.clone(),
+            Served {
+                shutdown: shutdown.clone(),
+                config: config.clone(),
+                without_request: without_request.clone(),
+            },
+            Arrival::AfterStop,
+        ));
+    }
+    drop(listener);
+    tracing::info!(addr = %local, backlog, "listener closed; new connections are refused");
+    connections.close();
+    connections.wait().await;
+    tracing::info!(
+        addr = %local,
+        closed_without_request = without_request.load(Ordering::Relaxed),
+        "every connection closed"
+    );
+    Ok(())
+}
+
+/// [`serve`] for an already-bound standard listener (socket activation, tests).
+///
+/// # Errors
+///
+/// If the listener cannot be made non-blocking or registered with the runtime.
+pub async fn serve_std<S, B>(
+    listener: std::net::TcpListener,
+    service: S,
+    shutdown: Shutdown,
+    config: ServeConfig,
+) -> io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    listener.set_nonblocking(true)?;
+    serve(TcpListener::from_std(listener)?, service, shutdown, config).await
+}
+
+/// What every connection of one [`serve`] shares.
+struct Served {
+    shutdown: Shutdown,
+    config: ServeConfig,
+    /// Connections the shutdown closed before their first request or with a head half read.
+    without_request: Arc<AtomicUsize>,
+}
