@@ -76,19 +76,19 @@ const DEFAULT_CLOSE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budget {
     /// The total deadline, counted from the trigger (`LASTCALL_BUDGET`, default 30 s).
-    #[serde(with = "crate::report::millis", rename = "total_ms")]
+    #[serde(with = "crate::millis::ms", rename = "total_ms")]
     pub total: Duration,
     /// How long to keep serving after readiness flips (`LASTCALL_DRAIN_DELAY`, default 0).
-    #[serde(with = "crate::report::millis", rename = "drain_delay_ms")]
+    #[serde(with = "crate::millis::ms", rename = "drain_delay_ms")]
     pub drain_delay: Duration,
     /// The cap for the stop-accepting phase (`LASTCALL_STOP_TIMEOUT`, default 1 s).
-    #[serde(with = "crate::report::millis", rename = "stop_accepting_ms")]
+    #[serde(with = "crate::millis::ms", rename = "stop_accepting_ms")]
     pub stop_accepting: Duration,
     /// The time reserved for flushing telemetry (`LASTCALL_FLUSH_TIMEOUT`, default 2 s).
-    #[serde(with = "crate::report::millis", rename = "flush_telemetry_ms")]
+    #[serde(with = "crate::millis::ms", rename = "flush_telemetry_ms")]
     pub flush_telemetry: Duration,
     /// The time reserved for closing dependencies (`LASTCALL_CLOSE_TIMEOUT`, default 5 s).
-    #[serde(with = "crate::report::millis", rename = "close_dependencies_ms")]
+    #[serde(with = "crate::millis::ms", rename = "close_dependencies_ms")]
     pub close_dependencies: Duration,
 }
 
@@ -118,10 +118,10 @@ pub struct Window {
     /// The phase.
     pub phase: Phase,
     /// The latest moment the phase starts.
-    #[serde(with = "crate::report::millis", rename = "start_ms")]
+    #[serde(with = "crate::millis::ms", rename = "start_ms")]
     pub start: Duration,
     /// The phase's deadline.
-    #[serde(with = "crate::report::millis", rename = "end_ms")]
+    #[serde(with = "crate::millis::ms", rename = "end_ms")]
     pub end: Duration,
 }
 
@@ -283,7 +283,11 @@ impl Budget {
             self.drain_delay + self.stop_accepting + self.flush_telemetry + self.close_dependencies;
         if reserved >= self.total {
             return Err(ConfigError::ReservesExceedBudget {
-                budget: *self,
+                total: self.total,
+                drain_delay: self.drain_delay,
+                stop_accepting: self.stop_accepting,
+                flush_telemetry: self.flush_telemetry,
+                close_dependencies: self.close_dependencies,
                 reserved,
                 budget_origin: origin(Setting::Budget),
             });

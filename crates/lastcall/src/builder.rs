@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::{ConfigError, Origin, Setting};
 use crate::shutdown::Shared;
+use crate::signal::ForceExit;
 use crate::{Budget, Controller, Signal};
 
 /// Builds a [`Controller`]: settings from code, then `LASTCALL_*` environment variables over
@@ -58,32 +59,6 @@ pub struct Builder {
     allowed: Vec<String>,
     report_file: Option<std::path::PathBuf>,
 }
-
-/// What a repeated interrupt does while a shutdown is already running.
-///
-/// # Examples
-///
-/// ```
-/// use lastcall::ForceExit;
-///
-/// assert_eq!("second-interrupt".parse::<ForceExit>(), Ok(ForceExit::SecondInterrupt));
-/// assert_eq!(ForceExit::default(), ForceExit::Never);
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ForceExit {
-    /// Later signals are logged and recorded, and the shutdown carries on. A second `SIGTERM`
-    /// from an impatient orchestrator or an extra Ctrl+C never cuts in-flight work.
-    #[default]
-    Never,
-    /// A `SIGINT` received while the shutdown is running (the second Ctrl+C) ends the process
-    /// at once with status 130, after printing what was still active.
-    SecondInterrupt,
-}
-
-/// The error returned when a string is not a [`ForceExit`] policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseForceExitError(());
 
 enum EnvSource {
     Process,
@@ -457,26 +432,6 @@ impl fmt::Debug for Builder {
     }
 }
 
-impl std::str::FromStr for ForceExit {
-    type Err = ParseForceExitError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "never" | "off" | "false" | "0" => Ok(ForceExit::Never),
-            "second-interrupt" | "on" | "true" | "1" => Ok(ForceExit::SecondInterrupt),
-            _ => Err(ParseForceExitError(())),
-        }
-    }
-}
-
-impl fmt::Display for ParseForceExitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("expected \"never\" or \"second-interrupt\"")
-    }
-}
-
-impl std::error::Error for ParseForceExitError {}
-
 fn dedup(signals: impl IntoIterator<Item = Signal>) -> Vec<Signal> {
     let mut out = Vec::new();
     for s in signals {
@@ -485,4 +440,20 @@ fn dedup(signals: impl IntoIterator<Item = Signal>) -> Vec<Signal> {
         }
     }
     out
+}
+
+impl Controller {
+    /// A builder with the default configuration, which reads `LASTCALL_*` variables when built.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// The controller configured by defaults and `LASTCALL_*` variables alone.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::build`].
+    pub fn from_env() -> Result<Controller, crate::error::ConfigError> {
+        Builder::new().build()
+    }
 }

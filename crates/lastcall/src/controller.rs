@@ -11,9 +11,7 @@ use tokio::time::Instant;
 use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
 use crate::shutdown::Shared;
 use crate::step::{run_steps, Step, StepResult};
-use crate::{
-    ActiveWork, Builder, Exit, Health, HealthState, Phase, Readiness, Shutdown, Tracker, Trigger,
-};
+use crate::{ActiveWork, Exit, Health, HealthState, Phase, Readiness, Shutdown, Tracker, Trigger};
 
 /// How many active items a report lists (its `count` covers all of them).
 const REPORTED_ITEMS: usize = 50;
@@ -39,7 +37,7 @@ const REPORTED_ITEMS: usize = 50;
 /// However many signals arrive, exactly one flow runs and every step runs at most once (steps
 /// are `FnOnce`). Signals are heard on a thread of their own, and the watchdog thread ends the
 /// process at the end of the budget even if the async runtime is blocked, and even after
-/// `run` has returned (see [`Builder::continue_after_run`]).
+/// `run` has returned (see [`Builder::continue_after_run`](crate::Builder::continue_after_run)).
 ///
 /// # Examples
 ///
@@ -83,20 +81,6 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// A builder with the default configuration, which reads `LASTCALL_*` variables when built.
-    pub fn builder() -> Builder {
-        Builder::new()
-    }
-
-    /// The controller configured by defaults and `LASTCALL_*` variables alone.
-    ///
-    /// # Errors
-    ///
-    /// As [`Builder::build`].
-    pub fn from_env() -> Result<Controller, crate::error::ConfigError> {
-        Builder::new().build()
-    }
-
     pub(crate) fn new(
         shared: Arc<Shared>,
         listener: crate::signal::Listener,
@@ -135,7 +119,7 @@ impl Controller {
     }
 
     /// The handle that changes readiness before a shutdown: ready after a manual start
-    /// ([`Builder::manual_readiness`]), out of rotation while a dependency is down. See
+    /// ([`Builder::manual_readiness`](crate::Builder::manual_readiness)), out of rotation while a dependency is down. See
     /// [`Readiness`].
     pub fn readiness(&self) -> Readiness {
         Readiness::new(self.shared.health.clone())
@@ -208,14 +192,14 @@ impl Controller {
     /// Waits for the first trigger, runs the shutdown, logs the report and returns the exit
     /// code to return from `main`.
     ///
-    /// Unless [`Builder::manual_readiness`] was set, the service is marked ready when this
+    /// Unless [`Builder::manual_readiness`](crate::Builder::manual_readiness) was set, the service is marked ready when this
     /// starts waiting.
     ///
     /// The hard deadline outlives this call: once the shutdown is triggered the process is
     /// gone by the end of the budget, so return from `main` soon after (whatever still runs
     /// then, a server's own graceful end or a runtime's drop, is bounded by the budget and
     /// ends with status 5 if it is still running). A program that goes on after its shutdown
-    /// says so with [`Builder::continue_after_run`].
+    /// says so with [`Builder::continue_after_run`](crate::Builder::continue_after_run).
     ///
     /// # Cancel safety
     ///

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use humantime::format_duration;
 
-use crate::{Budget, Exit, Signal};
+use crate::{Exit, Signal};
 
 /// A setting of the controller, named in configuration errors.
 ///
@@ -129,7 +129,7 @@ pub enum ConfigError {
         /// The smallest value accepted.
         minimum: Duration,
     },
-    /// A duration is beyond the longest accepted, [`Budget::MAX_DURATION`]
+    /// A duration is beyond the longest accepted, [`Budget::MAX_DURATION`](crate::Budget::MAX_DURATION)
     /// (a day): most often a unit mistake.
     #[error("{} is {}; it must be at most {} (is the unit right? for example \"{}\")", Named(*setting, *origin), format_duration(*value), format_duration(*maximum), setting.example())]
     TooLong {
@@ -146,14 +146,22 @@ pub enum ConfigError {
     /// time to wait for in-flight work.
     #[error(
         "the reserves leave no time to wait for work: LASTCALL_DRAIN_DELAY ({}) + LASTCALL_STOP_TIMEOUT ({}) + LASTCALL_FLUSH_TIMEOUT ({}) + LASTCALL_CLOSE_TIMEOUT ({}) = {} is not less than {} ({}); raise the budget above {} or lower the reserves",
-        format_duration(budget.drain_delay), format_duration(budget.stop_accepting),
-        format_duration(budget.flush_telemetry), format_duration(budget.close_dependencies),
-        format_duration(*reserved), Named(Setting::Budget, *budget_origin), format_duration(budget.total),
+        format_duration(*drain_delay), format_duration(*stop_accepting),
+        format_duration(*flush_telemetry), format_duration(*close_dependencies),
+        format_duration(*reserved), Named(Setting::Budget, *budget_origin), format_duration(*total),
         format_duration(*reserved)
     )]
     ReservesExceedBudget {
-        /// The budget as configured.
-        budget: Budget,
+        /// The whole budget.
+        total: Duration,
+        /// The drain delay.
+        drain_delay: Duration,
+        /// The stop-accepting reserve.
+        stop_accepting: Duration,
+        /// The flush-telemetry reserve.
+        flush_telemetry: Duration,
+        /// The close-dependencies reserve.
+        close_dependencies: Duration,
         /// The sum of the drain delay and the reserves.
         reserved: Duration,
         /// Where the total budget came from.

@@ -102,10 +102,11 @@ pin_project_lite::pin_project! {
 
 #[cfg(any(feature = "axum", feature = "tonic"))]
 impl<S: futures_core::Stream> UntilShutdown<S> {
-    pub(crate) fn new(shutdown: &crate::Shutdown, inner: S, last: S::Item) -> UntilShutdown<S> {
+    /// `inner` until `stop` (the shutdown's stop-accepting), then `last`.
+    pub(crate) fn new(stop: PhaseReached, inner: S, last: S::Item) -> UntilShutdown<S> {
         UntilShutdown {
             inner,
-            stop: shutdown.reached(Phase::StopAccepting),
+            stop,
             last: Some(last),
             ended: false,
         }

@@ -275,7 +275,11 @@ pub fn until_shutdown<S, T>(shutdown: &Shutdown, stream: S) -> UntilShutdown<S>
 where
     S: Stream<Item = Result<T, Status>>,
 {
-    UntilShutdown::new(shutdown, stream, Err(Status::unavailable(SHUTDOWN_MESSAGE)))
+    UntilShutdown::new(
+        shutdown.reached(crate::Phase::StopAccepting),
+        stream,
+        Err(Status::unavailable(SHUTDOWN_MESSAGE)),
+    )
 }
 
 /// The response of a server-streaming RPC: `stream` ended at the shutdown by

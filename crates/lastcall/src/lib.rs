@@ -58,6 +58,7 @@ mod exit;
 mod health;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod millis;
 mod phase;
 mod report;
 mod shutdown;
@@ -82,7 +83,7 @@ pub mod systemd;
 pub mod worker;
 
 pub use budget::{Budget, Plan, Window};
-pub use builder::{Builder, ForceExit, ParseForceExitError};
+pub use builder::Builder;
 pub use controller::Controller;
 pub use exit::Exit;
 pub use health::{Health, HealthState, Readiness};
@@ -92,7 +93,7 @@ pub use report::{
 };
 pub use runtime::main;
 pub use shutdown::{Shutdown, Trigger};
-pub use signal::{ParseSignalError, Signal};
+pub use signal::{ForceExit, ParseForceExitError, ParseSignalError, Signal};
 pub use step::{BoxError, StepResult};
 pub use tracker::{ActiveWork, KindCounts, Tracker, WorkGuard, WorkItem, WorkKind};
 

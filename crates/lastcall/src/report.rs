@@ -52,7 +52,7 @@ pub struct Report {
     /// [`Shutdown::record_rejection`](crate::Shutdown::record_rejection).
     pub rejected_while_draining: u64,
     /// From the trigger to the end of the report.
-    #[serde(with = "millis", rename = "total_ms")]
+    #[serde(with = "crate::millis::ms", rename = "total_ms")]
     pub total: Duration,
     /// The outcome.
     pub exit: Exit,
@@ -88,7 +88,7 @@ pub struct LaterSignal {
     /// What arrived.
     pub cause: TriggerCause,
     /// When, counted from the first trigger.
-    #[serde(with = "millis", rename = "at_ms")]
+    #[serde(with = "crate::millis::ms", rename = "at_ms")]
     pub at: Duration,
     /// The phase the shutdown was in.
     pub phase: Phase,
@@ -100,13 +100,13 @@ pub struct PhaseReport {
     /// The phase.
     pub phase: Phase,
     /// When it started, counted from the trigger.
-    #[serde(with = "millis", rename = "started_ms")]
+    #[serde(with = "crate::millis::ms", rename = "started_ms")]
     pub started: Duration,
     /// How long it took.
-    #[serde(with = "millis", rename = "duration_ms")]
+    #[serde(with = "crate::millis::ms", rename = "duration_ms")]
     pub duration: Duration,
     /// Its deadline, counted from the trigger.
-    #[serde(with = "millis", rename = "deadline_ms")]
+    #[serde(with = "crate::millis::ms", rename = "deadline_ms")]
     pub deadline: Duration,
     /// How it ended.
     pub outcome: PhaseOutcome,
@@ -133,10 +133,10 @@ pub struct StepReport {
     /// The phase it ran in.
     pub phase: Phase,
     /// The time it was given: `min(its timeout, time left in its phase)`.
-    #[serde(with = "millis", rename = "timeout_ms")]
+    #[serde(with = "crate::millis::ms", rename = "timeout_ms")]
     pub timeout: Duration,
     /// How long it ran.
-    #[serde(with = "millis", rename = "duration_ms")]
+    #[serde(with = "crate::millis::ms", rename = "duration_ms")]
     pub duration: Duration,
     /// How it ended.
     pub outcome: StepOutcome,
@@ -296,44 +296,6 @@ impl fmt::Display for StepOutcome {
             StepOutcome::TimedOut => f.write_str("timed out"),
             StepOutcome::Panicked { message } => write!(f, "panicked: {message}"),
         }
-    }
-}
-
-/// Serializes a [`Duration`] as milliseconds with microsecond precision.
-pub(crate) mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64((d.as_micros() as f64) / 1000.0)
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let ms = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serializes an optional [`Duration`] as milliseconds or `null`.
-pub(crate) mod millis_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::millis::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<f64>::deserialize(d)?
-            .map(|ms| Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 

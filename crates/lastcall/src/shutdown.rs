@@ -1,16 +1,18 @@
 //! The handles onto a running shutdown: [`Shutdown`] observes it, [`Trigger`] starts it.
 
 use std::fmt;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::builder::ForceExit;
 use crate::future::PhaseReached;
 use crate::report::{LaterSignal, TriggerCause};
-use crate::watchdog::Watchdog;
-use crate::{Health, HealthState, Phase, Plan, Signal, Tracker};
+use crate::signal::ForceExit;
+use crate::watchdog::{LastWords, Watchdog};
+use crate::{Exit, Health, HealthState, Phase, Plan, Signal, Tracker};
 
 /// A cloneable view of the shutdown, for the components that must react to it.
 ///
@@ -456,4 +458,48 @@ impl fmt::Debug for Trigger {
 /// is still consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How many active items the last words list.
+const LISTED: usize = 20;
+
+impl LastWords for Shared {
+    fn budget(&self) -> Duration {
+        self.plan.budget().total
+    }
+
+    fn say(&self, exit: Exit, why: &str) {
+        let shared = self;
+        let phase = shared.phase();
+        let active = shared.tracker.active().keep_oldest(LISTED);
+        let step = shared
+            .current_step()
+            .map(|(p, name)| format!("; step {name:?} ({p}) was running"))
+            .unwrap_or_default();
+        let after_flow = if phase == crate::Phase::Exit {
+            let tasks = shared.runtime.metrics().num_alive_tasks();
+            format!(
+            " after the shutdown flow had finished ({tasks} tasks alive on the runtime; what runs after Controller::run, such \
+             as a spawn_blocking task the runtime's drop waits for or a thread that was not \
+             joined, is not tracked and cannot be named)"
+        )
+        } else {
+            String::new()
+        };
+        // Written straight to stderr first: a buffered or asynchronous log writer may never get to
+        // run again, and these are the process's last words.
+        let line = format!(
+            "lastcall: {why} during {phase}{after_flow}{step}; {active}; exiting with status {}\n",
+            exit.code()
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        shared.write_report_file(&line);
+        tracing::error!(
+            target: "lastcall::watchdog",
+            exit_code = exit.code(),
+            phase = %phase,
+            active = %active,
+            "{why}{after_flow}; exiting"
+        );
+    }
 }

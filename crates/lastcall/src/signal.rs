@@ -195,3 +195,49 @@ pub(crate) fn listen(signals: &[Signal], on_signal: OnSignal) -> Result<Listener
         }),
     })
 }
+
+/// What a repeated interrupt does while a shutdown is already running.
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::ForceExit;
+///
+/// assert_eq!("second-interrupt".parse::<ForceExit>(), Ok(ForceExit::SecondInterrupt));
+/// assert_eq!(ForceExit::default(), ForceExit::Never);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForceExit {
+    /// Later signals are logged and recorded, and the shutdown carries on. A second `SIGTERM`
+    /// from an impatient orchestrator or an extra Ctrl+C never cuts in-flight work.
+    #[default]
+    Never,
+    /// A `SIGINT` received while the shutdown is running (the second Ctrl+C) ends the process
+    /// at once with status 130, after printing what was still active.
+    SecondInterrupt,
+}
+
+/// The error returned when a string is not a [`ForceExit`] policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseForceExitError(());
+
+impl std::str::FromStr for ForceExit {
+    type Err = ParseForceExitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "never" | "off" | "false" | "0" => Ok(ForceExit::Never),
+            "second-interrupt" | "on" | "true" | "1" => Ok(ForceExit::SecondInterrupt),
+            _ => Err(ParseForceExitError(())),
+        }
+    }
+}
+
+impl fmt::Display for ParseForceExitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected \"never\" or \"second-interrupt\"")
+    }
+}
+
+impl std::error::Error for ParseForceExitError {}

@@ -8,7 +8,51 @@ use std::task::{ready, Context, Poll};
 
 use tokio::task::JoinHandle;
 
-use crate::step::{BoxError, StepResult};
+/// A boxed error, as a failed step returns it.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What a shutdown step's future may return: `()` for a step that cannot fail, or
+/// `Result<(), E>` for any error type `E`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lastcall::Controller;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let controller = Controller::builder().build().unwrap();
+/// // A step that cannot fail returns ().
+/// controller.flush("logs", Duration::from_millis(500), || async {});
+/// // A step that can fail returns a Result with any error type.
+/// controller.close("database", Duration::from_secs(3), || async {
+///     Ok::<(), std::io::Error>(())
+/// });
+/// # }
+/// ```
+pub trait StepResult: Send + 'static {
+    /// Converts to the result the controller records.
+    ///
+    /// # Errors
+    ///
+    /// The step's own error, boxed.
+    fn into_step_result(self) -> Result<(), BoxError>;
+}
+
+impl StepResult for () {
+    fn into_step_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E> StepResult for Result<(), E>
+where
+    E: Into<BoxError> + Send + 'static,
+{
+    fn into_step_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
 
 /// A user future (a shutdown step, a job's handler, a scheduled run) spawned on its own task,
 /// so that a panic in it is caught as a `JoinError` instead of unwinding through lastcall's

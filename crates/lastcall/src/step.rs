@@ -1,7 +1,6 @@
 //! Named, bounded shutdown steps (stop accepting, flush telemetry, close dependencies): see
 //! [`StepResult`] and [`Controller::close`](crate::Controller::close).
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -10,56 +9,11 @@ use tokio::time::Instant;
 
 use crate::report::{StepOutcome, StepReport};
 use crate::shutdown::Shared;
+pub use crate::spawned::{BoxError, StepResult};
 use crate::spawned::{Ran, Spawned};
 use crate::Phase;
 
-/// A boxed error, as a failed step returns it.
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
-
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
-
-/// What a shutdown step's future may return: `()` for a step that cannot fail, or
-/// `Result<(), E>` for any error type `E`.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use lastcall::Controller;
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let controller = Controller::builder().build().unwrap();
-/// // A step that cannot fail returns ().
-/// controller.flush("logs", Duration::from_millis(500), || async {});
-/// // A step that can fail returns a Result with any error type.
-/// controller.close("database", Duration::from_secs(3), || async {
-///     Ok::<(), std::io::Error>(())
-/// });
-/// # }
-/// ```
-pub trait StepResult: Send + 'static {
-    /// Converts to the result the controller records.
-    ///
-    /// # Errors
-    ///
-    /// The step's own error, boxed.
-    fn into_step_result(self) -> Result<(), BoxError>;
-}
-
-impl StepResult for () {
-    fn into_step_result(self) -> Result<(), BoxError> {
-        Ok(())
-    }
-}
-
-impl<E> StepResult for Result<(), E>
-where
-    E: Into<BoxError> + Send + 'static,
-{
-    fn into_step_result(self) -> Result<(), BoxError> {
-        self.map_err(Into::into)
-    }
-}
 
 /// A registered step, not yet run.
 pub(crate) struct Step {

@@ -1,16 +1,11 @@
 //! The hard deadline, enforced on a thread of its own until the process is gone: see
 //! [`Watchdog`].
 
-use std::io::Write;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::shutdown::Shared;
 use crate::Exit;
-
-/// How many active items the last words list.
-const LISTED: usize = 20;
 
 /// How long the process waits for its last words to be written before it exits without them:
 /// a stalled stderr pipe or a report file nobody reads must not hold the exit.
@@ -35,6 +30,17 @@ pub(crate) struct Watchdog {
     arm: Arc<Arm>,
 }
 
+/// What the process says before the watchdog ends it: the shutdown's state implements it, so
+/// the watchdog needs to know nothing of it.
+pub(crate) trait LastWords: Send + Sync + 'static {
+    /// The whole budget, for the message.
+    fn budget(&self) -> Duration;
+
+    /// Says why the process ends with `exit` and what was still running. It may block (a
+    /// stalled stderr): it runs on a helper thread.
+    fn say(&self, exit: Exit, why: &str);
+}
+
 struct Arm {
     state: Mutex<State>,
     changed: Condvar,
@@ -47,7 +53,7 @@ enum State {
     /// be said even after every handle of the application's is gone.
     Armed {
         deadline: Instant,
-        shared: Arc<Shared>,
+        words: Arc<dyn LastWords>,
     },
     /// Disarmed for good, or the controller is gone: the thread ends.
     Ended,
@@ -69,10 +75,10 @@ impl Watchdog {
 
     /// Ends the process at `deadline`, unless [`Watchdog::disarm`] comes first. Once only: a
     /// watchdog that is armed or ended stays so.
-    pub(crate) fn arm(&self, shared: Arc<Shared>, deadline: Instant) {
+    pub(crate) fn arm(&self, words: Arc<dyn LastWords>, deadline: Instant) {
         let mut state = self.arm.lock();
         if matches!(*state, State::Idle) {
-            *state = State::Armed { deadline, shared };
+            *state = State::Armed { deadline, words };
             self.arm.changed.notify_all();
         }
     }
@@ -103,12 +109,12 @@ impl Arm {
                     .changed
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner),
-                State::Armed { deadline, shared } => {
+                State::Armed { deadline, words } => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        let shared = shared.clone();
+                        let words = words.clone();
                         drop(state);
-                        hard_exit(shared);
+                        hard_exit(words);
                     }
                     self.changed
                         .wait_timeout(state, left)
@@ -131,16 +137,15 @@ impl std::fmt::Debug for Watchdog {
 }
 
 /// Ends the process at the hard deadline, after saying what was still running.
-fn hard_exit(shared: Arc<Shared>) -> ! {
-    let budget = shared.plan.budget().total;
-    let why = format!("the {}ms budget ran out", budget.as_millis());
-    exit_with_last_words(shared, Exit::HardDeadline, why)
+fn hard_exit(words: Arc<dyn LastWords>) -> ! {
+    let why = format!("the {}ms budget ran out", words.budget().as_millis());
+    exit_with_last_words(words, Exit::HardDeadline, why)
 }
 
 /// Ends the process because a repeated interrupt asked for it.
-pub(crate) fn forced_exit(shared: Arc<Shared>) -> ! {
+pub(crate) fn forced_exit(words: Arc<dyn LastWords>) -> ! {
     exit_with_last_words(
-        shared,
+        words,
         Exit::Forced,
         "a repeated interrupt forced the exit".into(),
     )
@@ -152,12 +157,12 @@ pub(crate) fn forced_exit(shared: Arc<Shared>) -> ! {
 /// Everything that can block is on the helper: the tracker's and the step's locks, the
 /// `tracing` subscriber (its writer may block on a full pipe), stderr, the report file. The
 /// calling thread only waits on a channel with a timeout.
-fn exit_with_last_words(shared: Arc<Shared>, exit: Exit, why: String) -> ! {
+fn exit_with_last_words(words: Arc<dyn LastWords>, exit: Exit, why: String) -> ! {
     let (said, words_said) = mpsc::channel();
     let helper = std::thread::Builder::new()
         .name("lastcall-last-words".into())
         .spawn(move || {
-            say_last_words(&shared, exit, &why);
+            words.say(exit, &why);
             let _ = said.send(());
         });
     if helper.is_ok() {
@@ -167,38 +172,4 @@ fn exit_with_last_words(shared: Arc<Shared>, exit: Exit, why: String) -> ! {
     // `process::exit` skips destructors and other threads. What it still does is flush a
     // partly written stdout line; see the README's "What the deadline cannot bound".
     std::process::exit(i32::from(exit.code()))
-}
-
-fn say_last_words(shared: &Shared, exit: Exit, why: &str) {
-    let phase = shared.phase();
-    let active = shared.tracker.active().keep_oldest(LISTED);
-    let step = shared
-        .current_step()
-        .map(|(p, name)| format!("; step {name:?} ({p}) was running"))
-        .unwrap_or_default();
-    let after_flow = if phase == crate::Phase::Exit {
-        let tasks = shared.runtime.metrics().num_alive_tasks();
-        format!(
-            " after the shutdown flow had finished ({tasks} tasks alive on the runtime; what runs after Controller::run, such \
-             as a spawn_blocking task the runtime's drop waits for or a thread that was not \
-             joined, is not tracked and cannot be named)"
-        )
-    } else {
-        String::new()
-    };
-    // Written straight to stderr first: a buffered or asynchronous log writer may never get to
-    // run again, and these are the process's last words.
-    let line = format!(
-        "lastcall: {why} during {phase}{after_flow}{step}; {active}; exiting with status {}\n",
-        exit.code()
-    );
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    shared.write_report_file(&line);
-    tracing::error!(
-        target: "lastcall::watchdog",
-        exit_code = exit.code(),
-        phase = %phase,
-        active = %active,
-        "{why}{after_flow}; exiting"
-    );
 }

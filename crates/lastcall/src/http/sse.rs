@@ -64,5 +64,9 @@ pub fn until_shutdown_with<S, E>(shutdown: &Shutdown, stream: S, last: Event) ->
 where
     S: Stream<Item = Result<Event, E>>,
 {
-    UntilShutdown::new(shutdown, stream, Ok(last))
+    UntilShutdown::new(
+        shutdown.reached(crate::Phase::StopAccepting),
+        stream,
+        Ok(last),
+    )
 }

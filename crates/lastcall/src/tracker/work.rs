@@ -28,7 +28,7 @@ pub struct ActiveWork {
     /// How many pieces of work were active.
     pub count: usize,
     /// The age of the oldest one.
-    #[serde(with = "crate::report::millis_opt", rename = "oldest_ms")]
+    #[serde(with = "crate::millis::ms_opt", rename = "oldest_ms")]
     pub oldest: Option<Duration>,
     /// The count per kind.
     pub by_kind: KindCounts,
@@ -60,7 +60,7 @@ pub struct WorkItem {
     /// Its label, such as `GET /orders/7` or a job id.
     pub label: String,
     /// How long it had been active when the snapshot was taken.
-    #[serde(with = "crate::report::millis", rename = "age_ms")]
+    #[serde(with = "crate::millis::ms", rename = "age_ms")]
     pub age: Duration,
 }
 
