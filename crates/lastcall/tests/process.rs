@@ -21,6 +21,8 @@ struct Fixture {
     stderr: Arc<Mutex<String>>,
     /// The read end of a stderr pipe nobody reads, held open so that writers block.
     _unread: Option<std::process::ChildStderr>,
+    /// Disconnected once stderr has been read to its end.
+    stderr_read: Option<mpsc::Receiver<()>>,
 }
 
 struct Ended {
@@ -91,10 +93,13 @@ impl Fixture {
                 stdout: Vec::new(),
                 stderr,
                 _unread: Some(err),
+                stderr_read: None,
             };
         }
         let sink = stderr.clone();
+        let (read_to_end, stderr_read) = mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _read_to_end = read_to_end;
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -111,6 +116,7 @@ impl Fixture {
             stdout: Vec::new(),
             stderr,
             _unread: None,
+            stderr_read: Some(stderr_read),
         }
     }
 
@@ -172,7 +178,10 @@ impl Fixture {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.stdout.push(line);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // stderr too: its reader ends at the pipe's end, which the process's exit brings.
+        if let Some(read) = &self.stderr_read {
+            let _ = read.recv_timeout(Duration::from_secs(5));
+        }
         let report = self
             .stdout
             .iter()
