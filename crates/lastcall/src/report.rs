@@ -301,21 +301,29 @@ impl fmt::Display for StepOutcome {
 
 /// Opens the report file for writing without blocking: a FIFO with no reader fails with
 /// `ENXIO` at once, one whose reader has stalled fails the write with `EWOULDBLOCK`, instead
-/// of holding the process. `truncate` replaces what the file held (the previous report).
+/// of holding the process.
 pub(crate) fn open_report_file(
     path: &std::path::Path,
-    truncate: bool,
+    open: ReportOpen,
 ) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true);
-    if truncate {
-        options.truncate(true);
-    } else {
-        options.append(true);
-    }
+    match open {
+        ReportOpen::Replace => options.truncate(true),
+        ReportOpen::Probe => options.append(true),
+    };
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
     options.open(path)
+}
+
+/// How [`open_report_file`] opens the file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReportOpen {
+    /// To write a report: what the file held (the previous report) is replaced.
+    Replace,
+    /// At start-up, to check that it can be written: nothing in it changes.
+    Probe,
 }
 
 /// Checks at start-up that `path` can take the report: a regular file (or none yet, created
@@ -354,7 +362,7 @@ pub(crate) fn check_report_file(path: &std::path::Path) -> Result<(), crate::err
         }
         _ => {}
     }
-    open_report_file(path, false)
+    open_report_file(path, ReportOpen::Probe)
         .map(drop)
         .map_err(|source| ConfigError::ReportFile {
             path: path.to_owned(),

@@ -429,7 +429,7 @@ impl Shared {
         while !summary.is_char_boundary(end) {
             end -= 1;
         }
-        let written = crate::report::open_report_file(path, true)
+        let written = crate::report::open_report_file(path, crate::report::ReportOpen::Replace)
             .and_then(|mut file| std::io::Write::write_all(&mut file, &summary.as_bytes()[..end]));
         if let Err(error) = written {
             tracing::warn!(%error, path = %path.display(), "cannot write the report file");
