@@ -158,12 +158,12 @@ pub(super) async fn restart(spec: &Spec, service: &mut Service) -> Finding {
                 );
             }
         }
+        // Read, never killed on its word: a stale file may name a pid reused since.
         if let Some(pid) = spec.pid_file.as_deref().and_then(read_pid) {
-            if !old_pids.contains(&pid) {
-                successors.add(pid);
-            }
             pid_file_pid = Some(pid);
         }
+        // The old listening socket closed, none bound anew: the port refuses for now.
+        let old_listener_gone = !holders.iter().any(|h| old_inodes.contains(&h.inode));
         if serving.is_none() {
             let candidates: BTreeSet<u32> = holders
                 .iter()
@@ -171,7 +171,6 @@ pub(super) async fn restart(spec: &Spec, service: &mut Service) -> Finding {
                 .chain(old_pids.iter().copied())
                 .chain(pid_file_pid)
                 .collect();
-            let old_listener_gone = !holders.iter().any(|h| old_inodes.contains(&h.inode));
             let (sample, owner) = probe(service.addr, &spec.path, candidates).await;
             let answered = Instant::now();
             if sample.outcome.is_ok() {
@@ -201,7 +200,11 @@ pub(super) async fn restart(spec: &Spec, service: &mut Service) -> Finding {
                 break Ended::Stopped;
             }
         }
-        if new.is_none() && serving.is_none() && now > signalled + spec.restart_timeout {
+        if new.is_none()
+            && serving.is_none()
+            && !old_listener_gone
+            && now > signalled + spec.restart_timeout
+        {
             break Ended::Ignored;
         }
         let old_limit = new.map_or(signalled + spec.restart_timeout, |(_, at)| at) + patience(spec);
