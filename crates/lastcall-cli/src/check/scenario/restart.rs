@@ -382,13 +382,13 @@ fn grade(
         );
     }
     if report.new_serving_ms.is_none() {
+        let who = match report.new_pid {
+            Some(pid) => format!("pid {pid} took the listener, but no answer came from it"),
+            None => format!("no new process served port {port}"),
+        };
         return Finding::fail(
             measurement,
-            format!(
-                "pid {} took the listener, but no answer came from it within the budget plus \
-                 the tolerance; {fix}",
-                report.new_pid.unwrap_or(0)
-            ),
+            format!("{who} within the restart timeout and the budget plus the tolerance; {fix}"),
         );
     }
     if !slow.is_ok() {
