@@ -317,6 +317,8 @@ class Load:
         self.counts = dict.fromkeys(self.KINDS, 0)
         # Seconds each answered request took: a request held in a backlog is slow, not failed.
         self.latencies = []
+        # The status codes of the non-200 answers.
+        self.statuses = {}
         self.threads = [
             threading.Thread(target=self.client, args=(i < KEEP_ALIVE_CLIENTS,), daemon=True)
             for i in range(KEEP_ALIVE_CLIENTS + NEW_CONNECTION_CLIENTS)
@@ -347,6 +349,9 @@ class Load:
                     sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
                 status, close = request(sock, self.path)
                 kind = "ok" if status == 200 else "non-200"
+                if kind != "ok":
+                    with self.lock:
+                        self.statuses[status] = self.statuses.get(status, 0) + 1
                 if close or not keep_alive:
                     sock.close()
                     sock = None
@@ -371,7 +376,9 @@ class Load:
         self.stop.set()
         for t in self.threads:
             t.join()
-        return dict(self.counts), list(self.latencies)
+        counts = dict(self.counts)
+        counts["statuses"] = dict(self.statuses)
+        return counts, list(self.latencies)
 
 
 def through_restarts(mode, args, procs):
@@ -457,13 +464,18 @@ def main():
             raise SystemExit(f"--modes: unknown {sorted(unknown)}; the modes are restart, stop-start, holder")
         totals = {mode: dict.fromkeys(Load.KINDS, 0) for mode in modes}
         waits = {mode: [] for mode in modes}
+        statuses = {mode: {} for mode in modes}
         for round_ in range(args.rounds):
             order = modes if round_ % 2 == 0 else modes[::-1]
             for mode in order:
                 counts, latencies = through_restarts(mode, args, procs)
                 print(f"round {round_ + 1} {mode:>10}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
                 for k, v in counts.items():
-                    totals[mode][k] += v
+                    if k == "statuses":
+                        for code, n in v.items():
+                            statuses[mode][code] = statuses[mode].get(code, 0) + n
+                    else:
+                        totals[mode][k] += v
                 waits[mode].extend(latencies)
         print(f"\nfailed requests per 1,000 through {args.load_restarts} restarts x {args.rounds} rounds:")
         for mode in modes:
@@ -473,7 +485,7 @@ def main():
             print(
                 f"  {mode:>10}: {1000 * failed / max(total, 1):7.2f} per 1,000 ({failed} of {total}: "
                 f"refused {c['refused']}, reset {c['reset']}, closed {c['closed']}, timeout {c['timeout']}, "
-                f"non-200 {c['non-200']}; retried {c['retried']})"
+                f"non-200 {c['non-200']} {statuses[mode] or ''}; retried {c['retried']})"
             )
         print("latency of the answered requests (a backlog makes requests wait, not fail):")
         for mode in modes:

@@ -995,3 +995,21 @@ fn restart_fails_a_restart_that_refuses_connections_stops_or_is_ignored_with_the
         }
     }
 }
+
+#[test]
+fn a_restart_signal_that_is_also_the_stop_signal_is_refused_before_anything_starts() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .args(["check", "--restart-signal", "TERM", "--demo"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--restart-signal SIGTERM is also the stop signal"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("preflight"),
+        "nothing was started: {stderr}"
+    );
+}
