@@ -896,11 +896,14 @@ fn restart_passes_a_service_that_hands_its_listener_to_a_successor_and_leaves_no
     let token = format!("lastcall-restart-test-{}", std::process::id());
     let pid_file = std::env::temp_dir().join(format!("{token}.pid"));
     let pid_env = format!("LASTCALL_PID_FILE={}", pid_file.display());
+    let html = std::env::temp_dir().join(format!("{token}.html"));
     // The successor starts a session of its own: killing the group the checker started
     // would not reach it.
     let (code, json, stderr) = check(&[
         "--budget",
         "3s",
+        "--html",
+        html.to_str().unwrap(),
         "--only",
         "exit_status",
         "--restart-signal",
@@ -942,6 +945,14 @@ fn restart_passes_a_service_that_hands_its_listener_to_a_successor_and_leaves_no
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // The HTML report has its section, with the signal and the successor on its timeline.
+    let page = std::fs::read_to_string(&html).unwrap();
+    let _ = std::fs::remove_file(&html);
+    let section = &page[page.find("<section id=\"restart\"").unwrap()..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(section.contains("SIGHUP (0 ms)"), "{section}");
+    assert!(section.contains("first answer from pid"), "{section}");
+    assert_texts_inside_viewbox(&page);
     // Not in the default set: the other scenarios' JSON carries no restart entry.
     assert!(json["scenarios"][0].get("restart").is_none(), "{json:#}");
 }
