@@ -1024,3 +1024,45 @@ fn a_restart_signal_that_is_also_the_stop_signal_is_refused_before_anything_star
         "nothing was started: {stderr}"
     );
 }
+
+#[test]
+fn restart_kills_a_successor_that_never_became_ready_even_outside_its_process_group() {
+    if !python() {
+        return;
+    }
+    let token = format!("lastcall-never-ready-test-{}", std::process::id());
+    // The successor drops the socket and waits forever, in a session of its own; the old
+    // process would kill it only after 10 s, long after the check is over.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "restart",
+        "--restart-timeout",
+        "2s",
+        "--",
+        "python3",
+        RESTART_FIXTURE,
+        "never-ready",
+        "--new-session",
+        &token,
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (status, reason) = status(&json, "restart");
+    assert_eq!(status, "fail");
+    assert!(reason.contains("rolled back"), "{reason}");
+    assert_eq!(
+        restart_report(&json)["failed"],
+        0,
+        "the old process kept serving"
+    );
+    let done = std::time::Instant::now();
+    while !processes_with(&token).is_empty() {
+        assert!(
+            done.elapsed() < std::time::Duration::from_secs(10),
+            "the successor outlived the check: {:?}",
+            processes_with(&token)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

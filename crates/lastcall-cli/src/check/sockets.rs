@@ -1,6 +1,7 @@
 //! Who holds which TCP socket, read from `/proc`: the listening socket's owners (a wrapper
 //! that kept the server from the signal; the successor of a restart) and the process that
-//! accepted one of the checker's connections (which generation answered).
+//! accepted one of the checker's connections (which generation answered); and, to clean up
+//! after a restart, a process's children and start time.
 //!
 //! Everything here is best effort: where `/proc` cannot tell (another OS, no permission), the
 //! answers are empty and the callers say so.
@@ -75,6 +76,22 @@ pub(crate) fn cmdline(pid: u32) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
+}
+
+/// The children of `pid` (every thread's), from `/proc/PID/task/*/children`; empty where the
+/// kernel does not say.
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// When `pid` started, in clock ticks since boot (`/proc/PID/stat`, field 22): with the pid, it

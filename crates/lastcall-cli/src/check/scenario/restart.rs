@@ -158,6 +158,12 @@ pub(super) async fn restart(spec: &Spec, service: &mut Service) -> Finding {
                 );
             }
         }
+        // A successor still starting holds no listener yet, but is killed at the end too.
+        if old_exit.is_none() {
+            for child in sockets::children(old_pid) {
+                successors.add(child);
+            }
+        }
         // Read, never killed on its word: a stale file may name a pid reused since.
         if let Some(pid) = spec.pid_file.as_deref().and_then(read_pid) {
             pid_file_pid = Some(pid);
@@ -386,9 +392,20 @@ fn grade(
             Some(pid) => format!("pid {pid} took the listener, but no answer came from it"),
             None => format!("no new process served port {port}"),
         };
+        let old = if old_status.is_none() {
+            format!(
+                "; the old process (pid {}) kept serving: the successor failed or never said \
+                 ready (a restart rolled back, or stuck)",
+                report.old_pid
+            )
+        } else {
+            String::new()
+        };
         return Finding::fail(
             measurement,
-            format!("{who} within the restart timeout and the budget plus the tolerance; {fix}"),
+            format!(
+                "{who} within the restart timeout and the budget plus the tolerance{old}; {fix}"
+            ),
         );
     }
     if !slow.is_ok() {
