@@ -132,6 +132,24 @@ pub(crate) struct CheckArgs {
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub(crate) expect_exit: Vec<String>,
 
+    /// Also run the opt-in `restart` scenario with this restart signal (HUP, USR2, ...):
+    /// under load, the service must hand its listener to a successor and drain the old
+    /// process, refusing and failing nothing. `--only restart` selects it with SIGHUP.
+    #[arg(long, value_name = "SIGNAL")]
+    pub(crate) restart_signal: Option<String>,
+
+    /// How long, from the restart signal, a successor may take to serve the port; past it,
+    /// a service still served by the old process alone ignored the restart (or rolled it
+    /// back).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) restart_timeout: Duration,
+
+    /// The PID file the service rewrites with its successor's pid on a restart (lastcall:
+    /// LASTCALL_PID_FILE, which --env must then also set): the restart scenario reads the new
+    /// pid there and fails if it still names the old one.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pid_file: Option<PathBuf>,
+
     /// Play a Kubernetes preStop sleep of this length before each signal: readiness must keep
     /// answering 200 and requests must be served throughout.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]

@@ -871,3 +871,198 @@ fn a_server_that_documents_another_graceful_signal_gets_a_hint_when_sigterm_cuts
     ]);
     assert_eq!(json["hints"].as_array().map(Vec::len), Some(0), "{json:#}");
 }
+
+const RESTART_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/restart_service.py"
+);
+
+/// The `restart` entry of the scenario called `restart`.
+fn restart_report(json: &Value) -> &Value {
+    let found = json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scenario"] == "restart")
+        .unwrap_or_else(|| panic!("no restart scenario in {json:#}"));
+    &found["restart"]
+}
+
+#[test]
+fn restart_passes_a_service_that_hands_its_listener_to_a_successor_and_leaves_none_behind() {
+    if !python() {
+        return;
+    }
+    let token = format!("lastcall-restart-test-{}", std::process::id());
+    let pid_file = std::env::temp_dir().join(format!("{token}.pid"));
+    let pid_env = format!("LASTCALL_PID_FILE={}", pid_file.display());
+    let html = std::env::temp_dir().join(format!("{token}.html"));
+    // The successor starts a session of its own: killing the group the checker started
+    // would not reach it.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--html",
+        html.to_str().unwrap(),
+        "--only",
+        "exit_status",
+        "--restart-signal",
+        "HUP",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--env",
+        &pid_env,
+        "--",
+        "python3",
+        RESTART_FIXTURE,
+        "hands-over",
+        "--new-session",
+        &token,
+    ]);
+    let _ = std::fs::remove_file(&pid_file);
+    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    assert_eq!(json["restart_signal"], "SIGHUP");
+    assert_eq!(status(&json, "restart").0, "pass", "{json:#}");
+    let report = restart_report(&json);
+    assert_ne!(report["new_pid"], report["old_pid"], "{report:#}");
+    assert_eq!(report["pid_file_pid"], report["new_pid"], "{report:#}");
+    assert_eq!(report["successor_in_process_group"], false, "{report:#}");
+    assert_eq!(report["old_exit"], "exit 0");
+    assert_eq!(report["failed"], 0);
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(report["new_serving_ms"].is_u64(), "{report:#}");
+    assert!(
+        report["in_flight"].as_str().unwrap().starts_with("200"),
+        "{report:#}"
+    );
+    // The checker killed the successor, which was outside its process group.
+    let done = std::time::Instant::now();
+    while !processes_with(&token).is_empty() {
+        assert!(
+            done.elapsed() < std::time::Duration::from_secs(10),
+            "the successor outlived the check: {:?}",
+            processes_with(&token)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The HTML report has its section, with the signal and the successor on its timeline.
+    let page = std::fs::read_to_string(&html).unwrap();
+    let _ = std::fs::remove_file(&html);
+    let section = &page[page.find("<section id=\"restart\"").unwrap()..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(section.contains("SIGHUP (0 ms)"), "{section}");
+    assert!(section.contains("first answer from pid"), "{section}");
+    assert_texts_inside_viewbox(&page);
+    // Not in the default set: the other scenarios' JSON carries no restart entry.
+    assert!(json["scenarios"][0].get("restart").is_none(), "{json:#}");
+}
+
+#[test]
+fn restart_fails_a_restart_that_refuses_connections_stops_or_is_ignored_with_the_reason() {
+    if !python() {
+        return;
+    }
+    let cases: &[(&str, &[&str])] = &[
+        // It closes its listener and re-executes itself, which binds the port anew.
+        (
+            "re-execs",
+            &[
+                "requests failed across the restart",
+                "refused",
+                "hand the listening socket itself to the successor",
+            ],
+        ),
+        // No SIGHUP handler: the default action kills it.
+        ("dies", &["killed by SIGHUP", "the restart is a stop"]),
+        (
+            "ignores",
+            &[
+                "alone still holds the listener",
+                "the restart signal was ignored",
+            ],
+        ),
+    ];
+    for (mode, expected) in cases {
+        let (code, json, stderr) = check(&[
+            "--budget",
+            "3s",
+            "--only",
+            "restart",
+            "--restart-timeout",
+            "2s",
+            "--",
+            "python3",
+            RESTART_FIXTURE,
+            mode,
+        ]);
+        assert_eq!(code, Some(1), "{mode}: {json:#}\n{stderr}");
+        let (status, reason) = status(&json, "restart");
+        assert_eq!(status, "fail", "{mode}: {json:#}");
+        for text in *expected {
+            assert!(
+                reason.contains(text),
+                "{mode}: expected {text:?} in {reason:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_restart_signal_that_is_also_the_stop_signal_is_refused_before_anything_starts() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        .args(["check", "--restart-signal", "TERM", "--demo"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--restart-signal SIGTERM is also the stop signal"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("preflight"),
+        "nothing was started: {stderr}"
+    );
+}
+
+#[test]
+fn restart_kills_a_successor_that_never_became_ready_even_outside_its_process_group() {
+    if !python() {
+        return;
+    }
+    let token = format!("lastcall-never-ready-test-{}", std::process::id());
+    // The successor drops the socket and waits forever, in a session of its own; the old
+    // process would kill it only after 10 s, long after the check is over.
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "restart",
+        "--restart-timeout",
+        "2s",
+        "--",
+        "python3",
+        RESTART_FIXTURE,
+        "never-ready",
+        "--new-session",
+        &token,
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (status, reason) = status(&json, "restart");
+    assert_eq!(status, "fail");
+    assert!(reason.contains("rolled back"), "{reason}");
+    assert_eq!(
+        restart_report(&json)["failed"],
+        0,
+        "the old process kept serving"
+    );
+    let done = std::time::Instant::now();
+    while !processes_with(&token).is_empty() {
+        assert!(
+            done.elapsed() < std::time::Duration::from_secs(10),
+            "the successor outlived the check: {:?}",
+            processes_with(&token)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -23,6 +23,7 @@ mod h2;
 mod preflight;
 mod scenario;
 mod service;
+mod sockets;
 mod timeline;
 mod ws;
 
@@ -52,6 +53,10 @@ pub(crate) struct Spec {
     pub(crate) events_path: String,
     pub(crate) ws_path: String,
     pub(crate) connections: usize,
+    /// The signal the `restart` scenario sends (`--restart-signal`, SIGHUP by default).
+    pub(crate) restart_signal: Signal,
+    pub(crate) restart_timeout: Duration,
+    pub(crate) pid_file: Option<PathBuf>,
     /// How the same service exits after a clean, idle shutdown (measured by the preflight).
     pub(crate) baseline: Option<ExitStatus>,
 }
@@ -80,6 +85,11 @@ pub(crate) struct CleanExit {
 }
 
 impl CleanExit {
+    /// Whether `status` is one of the accepted exit codes (death by a signal never is).
+    pub(crate) fn accepts_code(&self, status: ExitStatus) -> bool {
+        status.code().is_some_and(|code| self.codes.contains(&code))
+    }
+
     pub(crate) fn accepts(&self, status: ExitStatus, stop: Signal) -> bool {
         match (status.code(), status.signal()) {
             (Some(code), _) => self.codes.contains(&code),
@@ -122,6 +132,9 @@ struct Outcome {
     duration_ms: u64,
     runs: u32,
     failed_runs: u32,
+    /// The `restart` scenario's own fields (its worst run's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<scenario::RestartReport>,
     /// The timeline picture, for `--html` only.
     #[serde(skip)]
     svg: String,
@@ -135,6 +148,9 @@ struct Summary<'a> {
     host: String,
     signal: &'static str,
     repeat_signals: Vec<&'static str>,
+    /// The signal the `restart` scenario sends, when it was selected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart_signal: Option<&'static str>,
     clean_exit: String,
     /// How the service exited after the preflight's idle shutdown.
     baseline_exit: Option<String>,
@@ -198,6 +214,10 @@ async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let selected: Vec<&'static str> = scenario::ALL
         .into_iter()
         .filter(|name| {
+            // --restart-signal asks for the restart scenario on top of the others.
+            if *name == "restart" && args.restart_signal.is_some() {
+                return true;
+            }
             if args.only.is_empty() {
                 !scenario::OPT_IN.contains(name)
             } else {
@@ -231,6 +251,7 @@ async fn run(args: CheckArgs) -> anyhow::Result<bool> {
                 duration_ms: 0,
                 runs: 0,
                 failed_runs: 0,
+                restart: None,
                 svg: String::new(),
             });
             continue;
@@ -264,6 +285,9 @@ async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         host: spec.host.to_string(),
         signal: spec.signal.as_str(),
         repeat_signals: spec.repeat_signals.iter().map(|s| s.as_str()).collect(),
+        restart_signal: selected
+            .contains(&"restart")
+            .then(|| spec.restart_signal.as_str()),
         clean_exit: spec.clean_exit.describe(spec.signal),
         baseline_exit: spec.baseline.map(describe_status),
         budget_ms: spec.budget.as_millis() as u64,
@@ -352,6 +376,7 @@ async fn run_scenario(name: &'static str, spec: &Spec, repeat: u32) -> anyhow::R
         duration_ms: 0,
         runs: repeat,
         failed_runs,
+        restart: finding.restart,
         svg,
     })
 }
@@ -404,6 +429,13 @@ fn hints(spec: &Spec, outcomes: &[Outcome]) -> Vec<String> {
 /// The spec from the arguments; for `--demo`, also the temporary database to remove afterwards.
 fn spec(args: &CheckArgs) -> anyhow::Result<(Spec, Option<TempFile>)> {
     let signal = parse_signal("--signal", &args.signal)?;
+    let restart_signal = match &args.restart_signal {
+        Some(name) => parse_signal("--restart-signal", name)?,
+        None => Signal::SIGHUP,
+    };
+    if args.restart_signal.is_some() && restart_signal == signal {
+        bail!("--restart-signal {restart_signal} is also the stop signal (--signal): a restart signal must be another one (SIGHUP, SIGUSR2)");
+    }
     let mut repeat_signals = Vec::new();
     for name in &args.repeat_signal {
         if name.eq_ignore_ascii_case("none") {
@@ -487,6 +519,9 @@ fn spec(args: &CheckArgs) -> anyhow::Result<(Spec, Option<TempFile>)> {
         events_path: args.events_path.clone(),
         ws_path: args.ws_path.clone(),
         connections: args.connections,
+        restart_signal,
+        restart_timeout: args.restart_timeout,
+        pid_file: args.pid_file.clone(),
         baseline: None,
     };
     Ok((spec, db))

@@ -25,18 +25,24 @@ pub(crate) async fn run(spec: &Spec, graded: &[&str]) -> anyhow::Result<Option<E
     let mut service = Service::start(spec).await?;
     let uses = |names: &[&str]| graded.iter().any(|g| names.contains(g));
     let limit = spec.tolerance + Duration::from_secs(2);
-    if uses(&["keep_alive", "idle_connections", "load"]) || !spec.pre_stop.is_zero() {
+    if uses(&["keep_alive", "idle_connections", "load", "restart"]) || !spec.pre_stop.is_zero() {
         let got = client::get(service.addr, &spec.path, limit).await;
         if !matches!(&got, Outcome::Complete { status: 200, .. }) {
             bail!(
                 "preflight: --path {} answered {}, not 200: pass a quick path that answers 200 \
-                 (--path /health), or --skip keep_alive,idle_connections,load",
+                 (--path /health), or --skip keep_alive,idle_connections,load,restart",
                 spec.path,
                 got.describe()
             );
         }
     }
-    if uses(&["in_flight", "drain_completion", "second_signal", "deadline"]) {
+    if uses(&[
+        "in_flight",
+        "drain_completion",
+        "second_signal",
+        "deadline",
+        "restart",
+    ]) {
         let path = spec.slow(ASKED_MS);
         let sent = Instant::now();
         let got = client::get(service.addr, &path, limit + Duration::from_millis(ASKED_MS)).await;
@@ -67,7 +73,7 @@ pub(crate) async fn run(spec: &Spec, graded: &[&str]) -> anyhow::Result<Option<E
                 "preflight: the slow path {path} (--slow-path {}) {problem}: the scenarios that \
                  hold a request in flight need a path that answers 200 with a body after {{ms}} \
                  milliseconds (--slow-path '/sleep?ms={{ms}}'), or --skip \
-                 in_flight,drain_completion,second_signal,deadline",
+                 in_flight,drain_completion,second_signal,deadline,restart",
                 spec.slow_path
             );
         }

@@ -15,12 +15,16 @@ use super::timeline::Timeline;
 use super::ws;
 use super::{describe_status, Spec};
 
-/// Scenarios that run only when named with `--only`: none now. `slow_clients` was one until
-/// the library closed connections with a half-sent request head at stop-accepting.
-pub(crate) const OPT_IN: [&str; 0] = [];
+mod restart;
+
+pub(crate) use restart::Report as RestartReport;
+
+/// Scenarios that run only when named with `--only` (or, for `restart`, asked for with
+/// `--restart-signal`): a restart is not a shutdown, and many services have none.
+pub(crate) const OPT_IN: [&str; 1] = ["restart"];
 
 /// Every scenario, in the order they run.
-pub(crate) const ALL: [&str; 14] = [
+pub(crate) const ALL: [&str; 15] = [
     "in_flight",
     "keep_alive",
     "readiness",
@@ -35,6 +39,7 @@ pub(crate) const ALL: [&str; 14] = [
     "websocket",
     "http2",
     "slow_clients",
+    "restart",
 ];
 
 /// A scenario's verdict.
@@ -71,6 +76,8 @@ pub(crate) struct Finding {
     pub(crate) verdict: Verdict,
     pub(crate) measurement: String,
     pub(crate) reason: Option<String>,
+    /// What the `restart` scenario measured, for the JSON.
+    pub(crate) restart: Option<RestartReport>,
 }
 
 impl Finding {
@@ -79,6 +86,7 @@ impl Finding {
             verdict: Verdict::Pass,
             measurement: measurement.into(),
             reason: None,
+            restart: None,
         }
     }
 
@@ -88,6 +96,7 @@ impl Finding {
             verdict: Verdict::Fail,
             measurement: measurement.into(),
             reason: Some(reason.into()),
+            restart: None,
         }
     }
 
@@ -96,6 +105,7 @@ impl Finding {
             verdict: Verdict::Skip,
             measurement: String::new(),
             reason: Some(reason.into()),
+            restart: None,
         }
     }
 }
@@ -122,18 +132,25 @@ pub(crate) async fn run(name: &str, spec: &Spec) -> anyhow::Result<(Finding, Tim
         "websocket" => websocket(spec, &mut service).await,
         "http2" => http2(spec, &mut service).await,
         "slow_clients" => slow_clients(spec, &mut service).await,
+        "restart" => restart::restart(spec, &mut service).await,
         other => anyhow::bail!("unknown scenario {other:?}"),
     };
     // Whatever the scenario saw, a port still served after the exit means the process that
     // was graded is not the server.
     service.settle().await;
     let finding = if let Some(survivor) = service.survivor.take() {
-        Finding::fail(finding.measurement, survivor)
+        Finding {
+            restart: finding.restart,
+            ..Finding::fail(finding.measurement, survivor)
+        }
     } else if let (Some(failure), false) = (
         service.pre_stop_failure.take(),
         finding.verdict == Verdict::Fail,
     ) {
-        Finding::fail(finding.measurement, failure)
+        Finding {
+            restart: finding.restart,
+            ..Finding::fail(finding.measurement, failure)
+        }
     } else {
         finding
     };

@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use super::client::{self, Outcome};
+use super::sockets;
 use super::timeline::Timeline;
 use super::Spec;
 
@@ -35,6 +36,9 @@ pub(crate) struct Service {
     pub(crate) pre_stop_failure: Option<String>,
     drain_delay: Duration,
     signalled: bool,
+    /// A restart is under way: a process serving the port after the exit is the successor,
+    /// not a survivor.
+    successor_expected: bool,
     /// What happened, for the `--html` report.
     pub(crate) timeline: Timeline,
 }
@@ -115,6 +119,7 @@ impl Service {
             pre_stop_failure: None,
             drain_delay: spec.drain_delay,
             signalled: false,
+            successor_expected: false,
             timeline,
         };
         let deadline = Instant::now() + spec.start_timeout;
@@ -211,6 +216,33 @@ impl Service {
         at
     }
 
+    /// Sends the restart signal: from now on the port is expected to outlive the process.
+    pub(crate) fn restart(&mut self, signal: Signal) -> Instant {
+        self.successor_expected = true;
+        let _ = kill(self.pid, signal);
+        let at = Instant::now();
+        self.signalled = true;
+        self.timeline.signal(at, signal.as_str());
+        at
+    }
+
+    /// The pid of the process the checker started.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid.as_raw().unsigned_abs()
+    }
+
+    /// The exit status, if the process has exited by now (recorded as [`Service::exit`] does).
+    pub(crate) fn exited_now(&mut self) -> Option<(ExitStatus, Instant)> {
+        if self.exited.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let at = Instant::now();
+                self.timeline.mark(at, super::describe_status(status));
+                self.exited = Some((status, at));
+            }
+        }
+        self.exited
+    }
+
     /// Waits (at most `limit`) for the service to exit; returns its status and when it exited.
     pub(crate) async fn exit(&mut self, limit: Duration) -> Option<(ExitStatus, Instant)> {
         if self.exited.is_none() {
@@ -276,7 +308,14 @@ impl Service {
 
     /// After the process exited: whatever still accepts on its port, with the fix.
     async fn survivor(&self, status: ExitStatus) -> Option<String> {
-        let holders = listeners(self.addr.port());
+        if self.successor_expected {
+            return None;
+        }
+        let mut holders: Vec<u32> = sockets::listening(self.addr.port())
+            .into_iter()
+            .map(|h| h.pid)
+            .collect();
+        holders.dedup();
         let accepts = client::connect(self.addr).await.is_ok();
         if holders.is_empty() && !accepts {
             return None;
@@ -286,7 +325,12 @@ impl Service {
         } else {
             holders
                 .iter()
-                .map(|(pid, cmdline)| format!("pid {pid} (`{cmdline}`) still listens on it"))
+                .map(|pid| {
+                    format!(
+                        "pid {pid} (`{}`) still listens on it",
+                        sockets::cmdline(*pid)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -327,64 +371,6 @@ fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
             format!("--ready-url {url:?}: {authority:?} is not a host:port (127.0.0.1:9901)")
         })?;
     Ok((addr, path.to_owned()))
-}
-
-/// The processes holding a listening TCP socket on `port`, as (pid, command line); empty where
-/// `/proc` cannot tell.
-fn listeners(port: u16) -> Vec<(u32, String)> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) =
-                (fields.get(1), fields.get(3), fields.get(9))
-            else {
-                continue;
-            };
-            let local_port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            // State 0A is LISTEN.
-            if local_port == Some(port) && *state == "0A" {
-                inodes.push(format!("socket:[{inode}]"));
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for pid in entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-    {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        let holds = fds.filter_map(Result::ok).any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-        });
-        if holds {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|raw| {
-                    String::from_utf8_lossy(&raw)
-                        .split('\0')
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            found.push((pid, cmdline));
-        }
-    }
-    found
 }
 
 impl Drop for Service {
