@@ -92,7 +92,7 @@ impl SqlReceipt {
 impl<DB> SqlCore<DB>
 where
     DB: Database,
-    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    <DB as Database>::Arguments: IntoArguments<DB>,
     for<'c> &'c mut <DB as Database>::Connection: Executor<'c, Database = DB>,
     i64: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
