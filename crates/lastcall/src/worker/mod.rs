@@ -70,7 +70,7 @@ pub use sqlite::{SqliteQueue, SQLITE_SCHEMA};
 /// use lastcall::worker::sqlx::SqlitePool;
 /// use lastcall::worker::SqliteQueue;
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = SqlitePool::connect("sqlite:jobs.db?mode=rwc").await?;
 /// let queue = SqliteQueue::new(pool, "emails")?;
 /// # let _ = queue; Ok(()) }
