@@ -299,7 +299,7 @@ impl Controller {
         #[cfg(feature = "metrics")]
         crate::metrics::record_before_flush(&so_far);
         #[cfg(feature = "metrics")]
-        let rejected_before_flush = so_far.rejected_while_draining;
+        let before_flush = crate::metrics::Counted::of(&so_far);
         shared.write_report_file(&format_args!(
             "lastcall: shutdown in progress; the figures as the flush phase began:\n{so_far}"
         ));
@@ -323,7 +323,7 @@ impl Controller {
         log(&report);
         shared.flow_ended();
         #[cfg(feature = "metrics")]
-        crate::metrics::record_at_exit(&report, rejected_before_flush);
+        crate::metrics::record_at_exit(&report, before_flush);
         report
     }
 
@@ -427,6 +427,7 @@ impl Flow<'_> {
             steps: self.steps.clone(),
             work_at_deadline,
             rejected_while_draining: self.shared.rejected(),
+            closed_without_request: self.shared.closed_without_request(),
             total: self.t0.elapsed(),
             exit,
             exit_code: exit.code(),

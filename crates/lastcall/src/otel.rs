@@ -12,6 +12,7 @@
 //!    | `lastcall.shutdown.phase.duration` | histogram, `s` | `phase`, `outcome` |
 //!    | `lastcall.shutdown.elapsed` | gauge, `s` (trigger to flush) | `trigger`, `signal`, `exit` |
 //!    | `lastcall.shutdown.rejected_while_draining` | counter | |
+//!    | `lastcall.shutdown.closed_without_request` | counter | |
 //!    | `lastcall.shutdown.active_at_deadline` | gauge | `kind` |
 //!    | `lastcall.shutdown.cleanup_failures` | counter | `step`, `phase`, `outcome` |
 //!    | `lastcall.shutdown.later_signals` | counter | |
@@ -254,6 +255,11 @@ fn record(meter: &Meter, report: &Report) {
         .with_description("Requests or claims turned away while draining")
         .build()
         .add(report.rejected_while_draining, &[]);
+    meter
+        .u64_counter("lastcall.shutdown.closed_without_request")
+        .with_description("Connections closed at the shutdown before a first request")
+        .build()
+        .add(report.closed_without_request, &[]);
     let active = meter
         .u64_gauge("lastcall.shutdown.active_at_deadline")
         .with_description("Work still active at the wait-for-work deadline")

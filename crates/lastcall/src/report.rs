@@ -51,6 +51,12 @@ pub struct Report {
     /// Requests or claims turned away while draining, as counted by
     /// [`Shutdown::record_rejection`](crate::Shutdown::record_rejection).
     pub rejected_while_draining: u64,
+    /// Connections `http::serve` closed at the shutdown before a first request, or with a
+    /// request head half read (a slow or half-open client): no request was accepted on them,
+    /// so they are not work cut. Only `http::serve` (feature `http`) counts them; `0` in
+    /// reports written before the field existed.
+    #[serde(default)]
+    pub closed_without_request: u64,
     /// From the trigger to the end of the report.
     #[serde(with = "millis", rename = "total_ms")]
     pub total: Duration,
@@ -212,6 +218,13 @@ impl fmt::Display for Report {
         }
         if let Some(work) = &self.work_at_deadline {
             writeln!(f, "  cut at the wait deadline: {work}")?;
+        }
+        if self.closed_without_request > 0 {
+            writeln!(
+                f,
+                "  connections closed without a request: {}",
+                self.closed_without_request
+            )?;
         }
         for later in &self.later_signals {
             writeln!(

@@ -1,7 +1,7 @@
 //! The handles onto a running shutdown: [`Shutdown`] observes it, [`Trigger`] starts it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio_util::sync::CancellationToken;
@@ -93,6 +93,9 @@ pub(crate) struct Shared {
     tokens: [CancellationToken; 8],
     fired: Mutex<Fired>,
     rejected: AtomicU64,
+    /// Connections `http::serve` closed at the shutdown before their first request or with a
+    /// request head half read: shared with every `serve` of this shutdown, which count into it.
+    closed_without_request: Arc<AtomicUsize>,
     /// The step running now, so the watchdog can name the dependency that hung.
     current_step: Mutex<Option<(Phase, String)>>,
     /// Called synchronously as each phase is entered, with the end of the budget.
@@ -236,6 +239,13 @@ impl Shutdown {
     pub fn report_so_far(&self) -> Option<crate::Report> {
         lock(&self.shared.so_far).clone()
     }
+
+    /// The counter `http::serve` adds a connection to when the shutdown closes it before its
+    /// first request; reported as `closed_without_request`.
+    #[cfg(feature = "http")]
+    pub(crate) fn closed_without_request(&self) -> Arc<AtomicUsize> {
+        self.shared.closed_without_request.clone()
+    }
 }
 
 impl Trigger {
@@ -280,6 +290,7 @@ impl Shared {
             tokens,
             fired: Mutex::new(Fired::default()),
             rejected: AtomicU64::new(0),
+            closed_without_request: Arc::default(),
             current_step: Mutex::new(None),
             observers: Mutex::new(Vec::new()),
             so_far: Mutex::new(None),
@@ -402,6 +413,10 @@ impl Shared {
 
     pub(crate) fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn closed_without_request(&self) -> u64 {
+        self.closed_without_request.load(Ordering::Relaxed) as u64
     }
 
     pub(crate) fn set_current_step(&self, step: Option<(Phase, String)>) {

@@ -332,6 +332,11 @@ fn the_report_is_recorded_through_the_metrics_facade() {
         find("lastcall_shutdown_rejected_while_draining_total", None),
         &DebugValue::Counter(1)
     );
+    // Recorded (as zero: no `http::serve` here) so a dashboard's series exists from the start.
+    assert_eq!(
+        find("lastcall_shutdown_closed_without_request_total", None),
+        &DebugValue::Counter(0)
+    );
     assert_eq!(
         find(
             "lastcall_shutdown_active_at_deadline",

@@ -120,7 +120,7 @@ where
     let builder = config.builder();
     let local = listener.describe();
     let connections = TaskTracker::new();
-    let without_request = Arc::new(AtomicUsize::new(0));
+    let without_request = shutdown.closed_without_request(); // counted into the report
     let stop = shutdown.reached(Phase::StopAccepting);
     tokio::pin!(stop);
     loop {
