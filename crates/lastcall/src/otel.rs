@@ -42,10 +42,14 @@ use crate::Controller;
 use crate::Shutdown;
 
 /// The name of the step [`Flush::register`] adds.
+///
+/// Needs the `opentelemetry` feature.
 pub const STEP_NAME: &str = "opentelemetry";
 
 /// Flushes and shuts down OpenTelemetry providers in the flush-telemetry phase, after
 /// recording the shutdown's figures on the meter provider (see the [module](self) docs).
+///
+/// Needs the `opentelemetry` feature.
 ///
 /// # Examples
 ///
@@ -76,6 +80,8 @@ pub struct Flush {
 }
 
 /// Which provider an [`OtelError`] is about.
+///
+/// Needs the `opentelemetry` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
@@ -88,6 +94,8 @@ pub enum Provider {
 }
 
 /// Why the OpenTelemetry flush step failed; the step's outcome in the report carries it.
+///
+/// Needs the `opentelemetry` feature.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OtelError {

@@ -30,6 +30,8 @@ const EXTEND_EVERY: Duration = Duration::from_secs(1);
 
 /// What the systemd integration can fail with, at startup.
 ///
+/// Needs the `systemd` feature (and a unix target).
+///
 /// # Examples
 ///
 /// ```
@@ -64,6 +66,8 @@ pub enum SystemdError {
 
 /// Reports the controller's readiness and shutdown to systemd over `NOTIFY_SOCKET`; returns
 /// whether systemd is listening (`false`, and nothing happens, when `NOTIFY_SOCKET` is unset).
+///
+/// Needs the `systemd` feature (and a unix target).
 ///
 /// Call it once, after building the controller and before marking the service ready.
 ///
@@ -105,6 +109,8 @@ pub fn notify(controller: &Controller) -> Result<bool, SystemdError> {
 
 /// Takes the TCP listener systemd passed by socket activation, if any (`LISTEN_FDS` set for
 /// this process); `Ok(None)` when the process was not socket-activated.
+///
+/// Needs the `systemd` feature (and a unix target).
 ///
 /// The listener is returned as it came (blocking mode); `lastcall::http::serve_std` sets it
 /// non-blocking.

@@ -9,6 +9,8 @@ use crate::Shutdown;
 
 /// A tower layer that drains HTTP traffic through a shutdown.
 ///
+/// Needs the `http` feature.
+///
 /// Every request is tracked in the shutdown's [`Tracker`](crate::Tracker) until its response
 /// body has been fully sent (a streaming body counts until it ends; a `text/event-stream` or
 /// upgraded response counts as a [`WorkKind::Stream`](crate::WorkKind::Stream)). During the
@@ -40,6 +42,8 @@ pub struct DrainLayer {
 
 /// What the layer does with a request that arrives after stop-accepting, on a connection that
 /// is still open.
+///
+/// Needs the `http` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DrainPolicy {
@@ -57,6 +61,8 @@ pub enum DrainPolicy {
 }
 
 /// The paths of the liveness and readiness endpoints the layer answers.
+///
+/// Needs the `http` feature.
 ///
 /// Liveness answers `200 {"ok":true}` until the process is about to exit; readiness answers
 /// `200 {"ready":true}` while ready and `503 {"ready":false}` from the first moment of the

@@ -12,6 +12,8 @@ use super::{DrainBody, DrainLayer, DrainPolicy, ResponseFuture};
 use crate::{Phase, WorkKind};
 
 /// The service [`DrainLayer`] wraps around an inner service; see the layer for what it does.
+///
+/// Needs the `http` feature.
 #[derive(Debug, Clone)]
 pub struct Drain<S> {
     inner: S,

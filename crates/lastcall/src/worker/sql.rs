@@ -11,6 +11,8 @@ use super::{millis, Delivery, Job, NewJob, QueueError};
 /// The proof of a claim on a SQL queue: the row and the token of the claim holding its lease.
 /// An ack, renewal or release matches both, so a worker whose lease expired and was claimed
 /// again cannot settle someone else's claim.
+///
+/// Needs the `sqlite` or the `postgres` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SqlReceipt {
     pub(crate) id: i64,

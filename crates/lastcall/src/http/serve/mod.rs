@@ -34,6 +34,8 @@ use connection::{connection, Arrival};
 /// Serves `service` on `listener` until the shutdown has stopped accepting and every connection
 /// has closed.
 ///
+/// Needs the `http` feature.
+///
 /// - During the drain delay everything is served normally.
 /// - At stop-accepting the listener closes (new connections are refused, which balancers
 ///   retry elsewhere); connections already waiting in the kernel's accept queue are accepted
@@ -188,6 +190,8 @@ where
 }
 
 /// [`serve`] for an already-bound standard listener (socket activation, tests).
+///
+/// Needs the `http` feature.
 ///
 /// # Errors
 ///
