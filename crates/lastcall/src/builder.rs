@@ -64,7 +64,7 @@ pub struct Builder {
 /// # Examples
 ///
 /// ```
-/// use lastcall::ForceExit;
+/// use lastcall::builder::ForceExit;
 ///
 /// assert_eq!("second-interrupt".parse::<ForceExit>(), Ok(ForceExit::SecondInterrupt));
 /// assert_eq!(ForceExit::default(), ForceExit::Never);
@@ -209,8 +209,8 @@ impl Builder {
         self
     }
 
-    /// Leaves readiness at [`HealthState::Starting`](crate::HealthState::Starting) until the
-    /// application calls [`Readiness::set_ready`](crate::Readiness::set_ready) (from
+    /// Leaves readiness at [`HealthState::Starting`](crate::health::HealthState::Starting) until the
+    /// application calls [`Readiness::set_ready`](crate::health::Readiness::set_ready) (from
     /// [`Controller::readiness`]). By default
     /// [`Controller::run`] marks the service ready when it starts waiting for a trigger.
     pub fn manual_readiness(mut self) -> Builder {

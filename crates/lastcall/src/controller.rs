@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::health::{HealthState, Readiness};
 use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
 use crate::shutdown::Shared;
 use crate::step::{run_steps, Step, StepResult};
-use crate::{
-    ActiveWork, Builder, Exit, Health, HealthState, Phase, Readiness, Shutdown, Tracker, Trigger,
-};
+use crate::tracker::ActiveWork;
+use crate::{Builder, Exit, Health, Phase, Shutdown, Tracker, Trigger};
 
 /// How many active items a report lists (its `count` covers all of them).
 const REPORTED_ITEMS: usize = 50;
@@ -409,7 +409,7 @@ impl Flow<'_> {
         let cleanup_failed = self
             .steps
             .iter()
-            .any(|s| s.outcome != crate::StepOutcome::Ok);
+            .any(|s| s.outcome != crate::report::StepOutcome::Ok);
         let exit = if work_at_deadline.is_some() {
             Exit::WorkCut
         } else if cleanup_failed {

@@ -54,8 +54,10 @@ use tonic_health::ServingStatus;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::health::HealthState;
 use crate::http::{DrainLayer, ServeConfig, TrackAsStream};
-use crate::{BoxError, Health as ProcessHealth, HealthState, Shutdown};
+use crate::step::BoxError;
+use crate::{Health as ProcessHealth, Shutdown};
 
 /// The message of the status a stream ended by [`until_shutdown`] carries.
 ///

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ActiveWork, Budget, Exit, Phase, Signal, WorkKind};
+use crate::tracker::ActiveWork;
+use crate::{Budget, Exit, Phase, Signal, WorkKind};
 
 /// The structured record of one shutdown: what triggered it, how each phase went, what was
 /// left behind, and the exit code.

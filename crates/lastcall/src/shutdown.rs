@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Plan;
 use crate::builder::ForceExit;
 use crate::future::PhaseReached;
+use crate::health::HealthState;
 use crate::report::{LaterSignal, TriggerCause};
 use crate::watchdog::Watchdog;
-use crate::{Health, HealthState, Phase, Plan, Signal, Tracker};
+use crate::{Health, Phase, Signal, Tracker};
 
 /// A cloneable view of the shutdown, for the components that must react to it.
 ///
@@ -101,7 +103,7 @@ pub(crate) struct Shared {
     /// Called synchronously as each phase is entered, with the end of the budget.
     observers: Mutex<Vec<PhaseObserver>>,
     /// The report up to the end of waiting for work, set as the flush-telemetry phase begins.
-    so_far: Mutex<Option<crate::Report>>,
+    so_far: Mutex<Option<crate::report::Report>>,
 }
 
 /// A callback run as each phase is entered: the phase, and the instant the budget ends.
@@ -236,7 +238,7 @@ impl Shutdown {
     /// controller.run().await;
     /// # }
     /// ```
-    pub fn report_so_far(&self) -> Option<crate::Report> {
+    pub fn report_so_far(&self) -> Option<crate::report::Report> {
         lock(&self.shared.so_far).clone()
     }
 
@@ -407,7 +409,7 @@ impl Shared {
         &self.tokens[phase.index()]
     }
 
-    pub(crate) fn set_report_so_far(&self, report: crate::Report) {
+    pub(crate) fn set_report_so_far(&self, report: crate::report::Report) {
         *lock(&self.so_far) = Some(report);
     }
 

@@ -5,7 +5,7 @@
 //!
 //! | when | message |
 //! |---|---|
-//! | the health becomes ready ([`Readiness::set_ready`](crate::Readiness::set_ready)) | `READY=1`, `STATUS=ready` |
+//! | the health becomes ready ([`Readiness::set_ready`](crate::health::Readiness::set_ready)) | `READY=1`, `STATUS=ready` |
 //! | the shutdown is triggered | `STOPPING=1`, `STATUS=shutting down: not_ready` |
 //! | each later phase begins | `STATUS=shutting down: <phase>` |
 //! | each phase, then every second until exit | `EXTEND_TIMEOUT_USEC=<time left in the budget>` |
@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::{Controller, HealthState, Phase, Shutdown};
+use crate::health::HealthState;
+use crate::{Controller, Phase, Shutdown};
 
 /// How often `EXTEND_TIMEOUT_USEC` is renewed during a shutdown.
 const EXTEND_EVERY: Duration = Duration::from_secs(1);

@@ -1,9 +1,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lastcall::{
-    Controller, Exit, HealthState, Phase, PhaseOutcome, StepOutcome, TriggerCause, WorkKind,
-};
+use lastcall::health::HealthState;
+use lastcall::report::{PhaseOutcome, StepOutcome, TriggerCause};
+use lastcall::{Controller, Exit, Phase, WorkKind};
 use tokio::time::Instant;
 
 fn secs(n: u64) -> Duration {
@@ -280,7 +280,7 @@ async fn the_report_round_trips_through_json() {
         json.contains("\"total_ms\":30000.0"),
         "budget in ms: {json}"
     );
-    let back: lastcall::Report = serde_json::from_str(&json).unwrap();
+    let back: lastcall::report::Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back.exit, report.exit);
     assert_eq!(back.work_at_deadline.unwrap().items[0].label, "orders:42");
     assert!(
@@ -395,4 +395,13 @@ async fn readiness_withdrawn_by_the_application_comes_back_but_the_shutdown_s_is
     assert!(!health.is_ready(), "the shutdown's not-ready is final");
     let report = flow.await.unwrap();
     assert_eq!(report.exit, lastcall::Exit::Clean);
+}
+
+/// `lastcall::Report`, the name the README used before the report types moved to
+/// `lastcall::report`, still names the same type for one release.
+#[test]
+#[allow(deprecated)]
+fn the_old_root_report_name_is_the_report() {
+    let same = |report: lastcall::Report| -> lastcall::report::Report { report };
+    let _ = same;
 }

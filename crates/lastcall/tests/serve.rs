@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lastcall::Report;
+use lastcall::report::Report;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lastcall::report::PhaseOutcome;
 use lastcall::schedule::Scheduler;
 use lastcall::worker::{
     Job, NatsQueue, NewJob, PgQueue, Queue, QueueError, Retry, SqliteQueue, Worker,
 };
-use lastcall::{Controller, Exit, Phase, PhaseOutcome};
+use lastcall::{Controller, Exit, Phase};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

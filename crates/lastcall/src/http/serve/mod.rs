@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::{BoxError, Phase, Shutdown};
+use crate::step::BoxError;
+use crate::{Phase, Shutdown};
 
 mod config;
 mod connection;
