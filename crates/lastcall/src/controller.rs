@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::health::{HealthState, Readiness};
-use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
+use crate::report::{PhaseOutcome, PhaseReport, Rejections, Report, StepReport, TriggerCause};
 use crate::shutdown::Shared;
 use crate::step::{run_steps, Step, StepResult};
 use crate::tracker::ActiveWork;
@@ -139,6 +139,12 @@ impl Controller {
     /// [`Readiness`].
     pub fn readiness(&self) -> Readiness {
         Readiness::new(self.shared.health.clone())
+    }
+
+    /// The handle that counts requests or claims turned away while draining, into the
+    /// report's `rejected_while_draining`. See [`Rejections`].
+    pub fn rejections(&self) -> Rejections {
+        self.shared.rejections()
     }
 
     /// Registers a step for the stop-accepting phase: close a listener, stop claiming jobs,

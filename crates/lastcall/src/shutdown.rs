@@ -1,7 +1,7 @@
 //! The handles onto a running shutdown: [`Shutdown`] observes it, [`Trigger`] starts it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio_util::sync::CancellationToken;
@@ -10,7 +10,7 @@ use crate::budget::Plan;
 use crate::builder::ForceExit;
 use crate::future::PhaseReached;
 use crate::health::HealthState;
-use crate::report::{LaterSignal, TriggerCause};
+use crate::report::{LaterSignal, Rejections, TriggerCause};
 use crate::watchdog::Watchdog;
 use crate::{Health, Phase, Signal, Tracker};
 
@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     /// One token per phase, cancelled when the phase is entered.
     tokens: [CancellationToken; 8],
     fired: Mutex<Fired>,
-    rejected: AtomicU64,
+    rejected: Rejections,
     /// Connections `http::serve` closed at the shutdown before their first request or with a
     /// request head half read: shared with every `serve` of this shutdown, which count into it.
     closed_without_request: Arc<AtomicUsize>,
@@ -209,8 +209,15 @@ impl Shutdown {
 
     /// Counts one request or claim turned away because the service is draining; the total is
     /// reported as `rejected_while_draining`.
+    #[deprecated(note = "use Controller::rejections().record(): Shutdown is the observer's view")]
     pub fn record_rejection(&self) {
-        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+        self.shared.rejected.record();
+    }
+
+    /// The rejection counter, for the HTTP layer, which counts what it turns away.
+    #[cfg(feature = "http")]
+    pub(crate) fn rejections(&self) -> crate::report::Rejections {
+        self.shared.rejections()
     }
 
     /// The shutdown's report as it stood when the flush-telemetry phase began: the trigger,
@@ -291,7 +298,7 @@ impl Shared {
             phase: AtomicU8::new(Phase::Running as u8),
             tokens,
             fired: Mutex::new(Fired::default()),
-            rejected: AtomicU64::new(0),
+            rejected: Rejections::default(),
             closed_without_request: Arc::default(),
             current_step: Mutex::new(None),
             observers: Mutex::new(Vec::new()),
@@ -414,7 +421,11 @@ impl Shared {
     }
 
     pub(crate) fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
+        self.rejected.count()
+    }
+
+    pub(crate) fn rejections(&self) -> Rejections {
+        self.rejected.clone()
     }
 
     pub(crate) fn closed_without_request(&self) -> u64 {

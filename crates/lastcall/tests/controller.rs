@@ -258,11 +258,14 @@ async fn a_fatal_trigger_exits_non_zero_even_when_clean() {
 #[tokio::test(start_paused = true)]
 async fn rejections_while_draining_are_counted_in_the_report() {
     let controller = controller();
-    let shutdown = controller.shutdown();
+    let rejections = controller.rejections();
     controller.trigger().trigger("test");
-    for _ in 0..3 {
-        shutdown.record_rejection();
-    }
+    rejections.record();
+    rejections.clone().record(); // clones count into the same total
+                                 // The deprecated observer method still counts there too, for one release.
+    #[allow(deprecated)]
+    controller.shutdown().record_rejection();
+    assert_eq!(rejections.count(), 3);
     let report = controller.run_with_report().await;
     assert_eq!(report.rejected_while_draining, 3);
 }
@@ -305,7 +308,7 @@ fn the_report_is_recorded_through_the_metrics_facade() {
                 let controller = controller();
                 let _work = controller.tracker().job("stuck");
                 controller.close("broker", secs(1), std::future::pending::<()>);
-                controller.shutdown().record_rejection();
+                controller.rejections().record();
                 controller.trigger().trigger("test");
                 controller.run_with_report().await
             })

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::Drain;
+use crate::report::Rejections;
 use crate::Shutdown;
 
 /// A tower layer that drains HTTP traffic through a shutdown.
@@ -36,6 +37,8 @@ use crate::Shutdown;
 #[derive(Debug, Clone)]
 pub struct DrainLayer {
     pub(crate) shutdown: Shutdown,
+    /// Where [`DrainPolicy::Reject`] counts what it turns away.
+    pub(crate) rejections: Rejections,
     pub(crate) policy: DrainPolicy,
     pub(crate) health: Option<HealthPaths>,
 }
@@ -78,6 +81,7 @@ impl DrainLayer {
     /// `/health/live` and `/health/ready`.
     pub fn new(shutdown: Shutdown) -> DrainLayer {
         DrainLayer {
+            rejections: shutdown.rejections(),
             shutdown,
             policy: DrainPolicy::Serve,
             health: Some(HealthPaths::default()),

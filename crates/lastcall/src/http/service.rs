@@ -98,7 +98,7 @@ where
         let shutdown = &self.layer.shutdown;
         if let DrainPolicy::Reject { retry_after } = self.layer.policy {
             if shutdown.phase() >= Phase::StopAccepting {
-                shutdown.record_rejection();
+                self.layer.rejections.record();
                 tracing::debug!(method = %req.method(), path = req.uri().path(), "rejected while draining");
                 let mut response = json(DRAINING_BODY);
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
