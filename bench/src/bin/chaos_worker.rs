@@ -231,8 +231,15 @@ const EFFECTS_QUERY: &str = "SELECT
     (SELECT COUNT(DISTINCT job_key) FROM chaos_effects WHERE queue = $1),
     (SELECT COUNT(*) FROM chaos_deliveries WHERE queue = $1)";
 
+/// [`EFFECTS_QUERY`] in SQLite's placeholders: a constant, since sqlx 0.9 takes only
+/// `&'static str` (or an `AssertSqlSafe`) as a query.
+const EFFECTS_QUERY_SQLITE: &str = "SELECT
+    (SELECT COUNT(*) FROM chaos_effects WHERE queue = ?1),
+    (SELECT COUNT(DISTINCT job_key) FROM chaos_effects WHERE queue = ?1),
+    (SELECT COUNT(*) FROM chaos_deliveries WHERE queue = ?1)";
+
 async fn effects_sqlite(pool: &SqlitePool, queue: &str) -> Result<Effects, Error> {
-    let (a, b, c): (i64, i64, i64) = sqlx::query_as(&EFFECTS_QUERY.replace("$1", "?1"))
+    let (a, b, c): (i64, i64, i64) = sqlx::query_as(EFFECTS_QUERY_SQLITE)
         .bind(queue)
         .fetch_one(pool)
         .await?;

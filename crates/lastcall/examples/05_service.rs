@@ -37,8 +37,7 @@ async fn start(controller: &Controller) -> Result<(), Error> {
     let shutdown = controller.shutdown();
     // A worker: claims stop with the listener; a job in flight finishes or is handed back.
     let queue = SqliteQueue::new(pool.clone(), "emails")?;
-    let worker_pool = pool.clone();
-    Worker::new(queue, move |job| send_email(worker_pool.clone(), job)).spawn(controller)?;
+    Worker::with_state(queue, pool.clone(), send_email).spawn(controller)?;
     // HTTP: every request tracked, /health/* answered, readiness 503 from the signal on.
     let app = DrainLayer::new(shutdown.clone()).layer(routes(shutdown.clone()));
     let port: u16 = std::env::var("PORT").map_or(Ok(3000), |p| p.parse())?;

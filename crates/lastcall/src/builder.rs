@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{ConfigError, Origin, Setting};
 use crate::shutdown::Shared;
-use crate::signal::ForceExit;
+pub use crate::signal::{ForceExit, ParseForceExitError};
 use crate::{Budget, Controller, Signal};
 
 /// Builds a [`Controller`]: settings from code, then `LASTCALL_*` environment variables over
@@ -184,8 +184,8 @@ impl Builder {
         self
     }
 
-    /// Leaves readiness at [`HealthState::Starting`](crate::HealthState::Starting) until the
-    /// application calls [`Readiness::set_ready`](crate::Readiness::set_ready) (from
+    /// Leaves readiness at [`HealthState::Starting`](crate::health::HealthState::Starting) until the
+    /// application calls [`Readiness::set_ready`](crate::health::Readiness::set_ready) (from
     /// [`Controller::readiness`]). By default
     /// [`Controller::run`] marks the service ready when it starts waiting for a trigger.
     pub fn manual_readiness(mut self) -> Builder {

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::report::{PhaseOutcome, PhaseReport, Report, StepReport, TriggerCause};
+use crate::health::{HealthState, Readiness};
+use crate::report::{PhaseOutcome, PhaseReport, Rejections, Report, StepReport, TriggerCause};
 use crate::shutdown::Shared;
 use crate::step::{run_steps, Step, StepResult};
-use crate::{ActiveWork, Exit, Health, HealthState, Phase, Readiness, Shutdown, Tracker, Trigger};
+use crate::tracker::ActiveWork;
+use crate::{Exit, Health, Phase, Shutdown, Tracker, Trigger};
 
 /// How many active items a report lists (its `count` covers all of them).
 const REPORTED_ITEMS: usize = 50;
@@ -123,6 +125,12 @@ impl Controller {
     /// [`Readiness`].
     pub fn readiness(&self) -> Readiness {
         Readiness::new(self.shared.health.clone())
+    }
+
+    /// The handle that counts requests or claims turned away while draining, into the
+    /// report's `rejected_while_draining`. See [`Rejections`].
+    pub fn rejections(&self) -> Rejections {
+        self.shared.rejections()
     }
 
     /// Registers a step for the stop-accepting phase: close a listener, stop claiming jobs,
@@ -283,7 +291,7 @@ impl Controller {
         #[cfg(feature = "metrics")]
         crate::metrics::record_before_flush(&so_far);
         #[cfg(feature = "metrics")]
-        let rejected_before_flush = so_far.rejected_while_draining;
+        let before_flush = crate::metrics::Counted::of(&so_far);
         shared.write_report_file(&format_args!(
             "lastcall: shutdown in progress; the figures as the flush phase began:\n{so_far}"
         ));
@@ -307,7 +315,7 @@ impl Controller {
         log(&report);
         shared.flow_ended();
         #[cfg(feature = "metrics")]
-        crate::metrics::record_at_exit(&report, rejected_before_flush);
+        crate::metrics::record_at_exit(&report, before_flush);
         report
     }
 
@@ -393,7 +401,7 @@ impl Flow<'_> {
         let cleanup_failed = self
             .steps
             .iter()
-            .any(|s| s.outcome != crate::StepOutcome::Ok);
+            .any(|s| s.outcome != crate::report::StepOutcome::Ok);
         let exit = if work_at_deadline.is_some() {
             Exit::WorkCut
         } else if cleanup_failed {
@@ -411,6 +419,7 @@ impl Flow<'_> {
             steps: self.steps.clone(),
             work_at_deadline,
             rejected_while_draining: self.shared.rejected(),
+            closed_without_request: self.shared.closed_without_request(),
             total: self.t0.elapsed(),
             exit,
             exit_code: exit.code(),

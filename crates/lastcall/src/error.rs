@@ -2,7 +2,7 @@
 //!
 //! Configuration is checked once, when the [`Controller`](crate::Controller) is built, so a bad
 //! setting stops the process at startup instead of surprising it at shutdown. Failures *during*
-//! a shutdown are not errors: they are recorded in the [`Report`](crate::Report) and reflected
+//! a shutdown are not errors: they are recorded in the [`Report`](crate::report::Report) and reflected
 //! in the [`Exit`] code.
 
 use std::fmt;

@@ -51,7 +51,7 @@ pub enum Exit {
     /// The configuration was rejected at startup.
     Config,
     /// A repeated interrupt forced an immediate exit (opt-in, see
-    /// [`ForceExit`](crate::ForceExit)).
+    /// [`ForceExit`](crate::builder::ForceExit)).
     Forced,
 }
 

@@ -83,9 +83,11 @@ impl fmt::Debug for Idle {
 pin_project_lite::pin_project! {
     /// A stream that, when the shutdown reaches stop-accepting, yields one last item and
     /// ends; until then it is the stream it wraps. Made by
-    /// [`http::sse::until_shutdown`](crate::http::sse::until_shutdown) (the last item is an
-    /// SSE event) and [`grpc::until_shutdown`](crate::grpc::until_shutdown) (an `UNAVAILABLE`
-    /// status).
+    /// `http::sse::until_shutdown` (feature `axum`; the last item is an SSE event) and
+    /// `grpc::until_shutdown` (feature `tonic`; an `UNAVAILABLE` status). Not links: either
+    /// module may be left out of a build that has this type.
+    ///
+    /// Needs the `axum` or the `tonic` feature.
     #[must_use = "streams do nothing unless polled"]
     pub struct UntilShutdown<S>
     where

@@ -54,14 +54,20 @@ use tonic_health::ServingStatus;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::health::HealthState;
 use crate::http::{DrainLayer, ServeConfig, TrackAsStream};
-use crate::{BoxError, Health as ProcessHealth, HealthState, Shutdown};
+use crate::step::BoxError;
+use crate::{Health as ProcessHealth, Shutdown};
 
 /// The message of the status a stream ended by [`until_shutdown`] carries.
+///
+/// Needs the `tonic` feature.
 pub const SHUTDOWN_MESSAGE: &str = "server shutting down; retry on another instance";
 
 /// The gRPC health service (`grpc.health.v1.Health`, from `tonic-health`) for `shutdown`, and
 /// the handle that sets the status of each service.
+///
+/// Needs the `tonic` feature.
 ///
 /// The overall status (service `""`) and every service set serving through [`GrpcHealth`]
 /// answer `SERVING` only while the shutdown's [`Health`](crate::Health) is ready:
@@ -122,6 +128,8 @@ pub fn health_reporter(shutdown: &Shutdown) -> (GrpcHealth, HealthServer<Shutdow
 /// `Watch` streams end with an `UNAVAILABLE` status when the shutdown stops accepting (after
 /// telling their watcher `NOT_SERVING` at the trigger), so a watching client does not hold the
 /// process until its deadline. Tracked as streams.
+///
+/// Needs the `tonic` feature.
 #[derive(Debug)]
 pub struct ShutdownHealth {
     inner: HealthService,
@@ -151,6 +159,8 @@ impl tonic_health::pb::health_server::Health for ShutdownHealth {
 }
 
 /// Sets the gRPC health status of services; made by [`health_reporter`].
+///
+/// Needs the `tonic` feature.
 ///
 /// A service set serving answers `SERVING` only while the process is ready: the shutdown
 /// turns every service `NOT_SERVING`, and later calls cannot turn one back.
@@ -229,6 +239,8 @@ impl std::fmt::Debug for GrpcHealth {
 /// Serves gRPC `service` on `listener` through the shutdown, as [`http::serve`] serves HTTP,
 /// with a [`DrainLayer`] (without HTTP health paths: use [`health_reporter`]) around it.
 ///
+/// Needs the `tonic` feature.
+///
 /// - During the drain delay RPCs are served normally; [`health_reporter`] says `NOT_SERVING`.
 /// - At stop-accepting the listener closes and every connection gets HTTP/2 GOAWAY: the
 ///   client opens no new stream on it, and the RPCs in flight finish. Each RPC is tracked
@@ -270,6 +282,8 @@ pub use crate::future::UntilShutdown;
 /// sees the RPC finish with a status it can retry elsewhere (a resumable stream resumes on
 /// another instance), not a reset, and the connection can close before the deadline.
 ///
+/// Needs the `tonic` feature.
+///
 /// Return it with [`stream_response`] so the [`DrainLayer`] tracks it as a stream.
 pub fn until_shutdown<S, T>(shutdown: &Shutdown, stream: S) -> UntilShutdown<S>
 where
@@ -285,6 +299,8 @@ where
 /// The response of a server-streaming RPC: `stream` ended at the shutdown by
 /// [`until_shutdown`], marked so the [`DrainLayer`] tracks it as a
 /// [`WorkKind::Stream`](crate::WorkKind::Stream).
+///
+/// Needs the `tonic` feature.
 ///
 /// # Examples
 ///

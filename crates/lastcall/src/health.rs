@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 /// # Examples
 ///
 /// ```
-/// use lastcall::{Health, HealthState};
+/// use lastcall::health::HealthState;
+/// use lastcall::Health;
 ///
 /// let health = Health::new();
 /// assert!(!health.is_ready());

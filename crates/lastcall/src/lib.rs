@@ -5,7 +5,7 @@
 //!
 //! readiness flips → drain delay (still serving) → stop accepting → wait for in-flight work →
 //! flush telemetry → close dependencies → exit with a code that tells the truth, plus a
-//! [`Report`] of what happened and what was left behind.
+//! [`Report`](report::Report) of what happened and what was left behind.
 //!
 //! The pieces:
 //!
@@ -15,9 +15,13 @@
 //!   from code.
 //! - [`Tracker`] counts in-flight work through [`WorkGuard`]s; waiting for it is event-driven.
 //! - [`Health`] is the readiness/liveness state the HTTP layer serves.
-//! - [`Budget`] splits one deadline into per-phase windows ([`Plan`]); a watchdog enforces
-//!   the end of it even when the async runtime is blocked.
-//! - [`Report`] and [`Exit`] say how it went.
+//! - [`Budget`] splits one deadline into per-phase windows ([`Plan`](budget::Plan)); a
+//!   watchdog enforces the end of it even when the async runtime is blocked.
+//! - [`Report`](report::Report) and [`Exit`] say how it went.
+//!
+//! The crate root holds these handles; everything else lives in the module of its concept
+//! ([`report`], [`budget`], [`builder`], [`health`], [`signal`], [`step`], [`tracker`], and
+//! the integrations: `http`, `grpc`, `worker`, `schedule`, ...).
 //!
 //! # Examples
 //!
@@ -50,52 +54,53 @@
 #![deny(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 
-mod budget;
-mod builder;
 mod clock;
 mod controller;
 mod exit;
-mod health;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod millis;
 mod phase;
-mod report;
 mod shutdown;
-mod signal;
 mod spawned;
-mod step;
-mod tracker;
 mod watchdog;
 
+pub mod budget;
+pub mod builder;
 pub mod error;
 pub mod future;
 #[cfg(feature = "tonic")]
 pub mod grpc;
+pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
+pub mod report;
 pub mod runtime;
 pub mod schedule;
+pub mod signal;
+pub mod step;
 #[cfg(all(feature = "systemd", unix))]
 pub mod systemd;
+pub mod tracker;
 pub mod worker;
 
-pub use budget::{Budget, Plan, Window};
+// The handles, at the root; everything else lives in its module (`report`, `budget`, ...).
+pub use budget::Budget;
 pub use builder::Builder;
 pub use controller::Controller;
 pub use exit::Exit;
-pub use health::{Health, HealthState, Readiness};
+pub use health::Health;
 pub use phase::Phase;
-pub use report::{
-    LaterSignal, PhaseOutcome, PhaseReport, Report, StepOutcome, StepReport, TriggerCause,
-};
 pub use runtime::main;
 pub use shutdown::{Shutdown, Trigger};
-pub use signal::{ForceExit, ParseForceExitError, ParseSignalError, Signal};
-pub use step::{BoxError, StepResult};
-pub use tracker::{ActiveWork, KindCounts, Tracker, WorkGuard, WorkItem, WorkKind};
+pub use signal::Signal;
+pub use tracker::{Tracker, WorkGuard, WorkKind};
+
+/// The shutdown's report, now [`report::Report`].
+#[deprecated(note = "moved to `lastcall::report::Report`; this alias goes in the next release")]
+pub type Report = report::Report;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -8,6 +8,7 @@
 //! | `lastcall_shutdown_duration_seconds` | histogram | |
 //! | `lastcall_shutdown_phase_duration_seconds` | histogram | `phase`, `outcome` |
 //! | `lastcall_shutdown_rejected_while_draining_total` | counter | |
+//! | `lastcall_shutdown_closed_without_request_total` | counter | |
 //! | `lastcall_shutdown_active_at_deadline` | gauge | `kind` |
 //! | `lastcall_shutdown_cleanup_failures_total` | counter | `step`, `phase`, `outcome` |
 //! | `lastcall_shutdown_later_signals_total` | counter | |
@@ -16,16 +17,36 @@
 use crate::report::{PhaseReport, Report, StepReport};
 use crate::Phase;
 
+/// The counters [`record_before_flush`] recorded, so that [`record_at_exit`] adds only what
+/// was counted after it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counted {
+    rejected_while_draining: u64,
+    closed_without_request: u64,
+}
+
+impl Counted {
+    pub(crate) fn of(so_far: &Report) -> Counted {
+        Counted {
+            rejected_while_draining: so_far.rejected_while_draining,
+            closed_without_request: so_far.closed_without_request,
+        }
+    }
+}
+
 /// Records what the shutdown knows before the flush-telemetry phase (`so_far`, see
 /// [`Shutdown::report_so_far`](crate::Shutdown::report_so_far)), so an exporter flushed in
-/// that phase ships it: the phases up to waiting for work, the rejections, the work active
-/// at the deadline, the stop-accepting steps that failed.
+/// that phase ships it: the phases up to waiting for work, the rejections, the connections
+/// closed without a request, the work active at the deadline, the stop-accepting steps that
+/// failed.
 pub(crate) fn record_before_flush(so_far: &Report) {
     for phase in &so_far.phases {
         record_phase(phase);
     }
     metrics::counter!("lastcall_shutdown_rejected_while_draining_total")
         .increment(so_far.rejected_while_draining);
+    metrics::counter!("lastcall_shutdown_closed_without_request_total")
+        .increment(so_far.closed_without_request);
     for (kind, count) in so_far.cut_by_kind() {
         metrics::gauge!("lastcall_shutdown_active_at_deadline", "kind" => kind.as_str())
             .set(count as f64);
@@ -36,9 +57,9 @@ pub(crate) fn record_before_flush(so_far: &Report) {
 }
 
 /// Records the rest of `report` at exit: the flush and close phases and their failed steps,
-/// the shutdown's outcome, duration and later signals, and the rejections counted since
-/// [`record_before_flush`] (which recorded `rejected_before_flush`).
-pub(crate) fn record_at_exit(report: &Report, rejected_before_flush: u64) {
+/// the shutdown's outcome, duration and later signals, and the counters' growth since
+/// [`record_before_flush`] (which recorded `before_flush`).
+pub(crate) fn record_at_exit(report: &Report, before_flush: Counted) {
     let (trigger, signal) = report.trigger_labels();
     let exit = report.exit.as_str();
     metrics::counter!("lastcall_shutdown_total", "trigger" => trigger, "signal" => signal, "exit" => exit)
@@ -54,7 +75,12 @@ pub(crate) fn record_at_exit(report: &Report, rejected_before_flush: u64) {
     metrics::counter!("lastcall_shutdown_rejected_while_draining_total").increment(
         report
             .rejected_while_draining
-            .saturating_sub(rejected_before_flush),
+            .saturating_sub(before_flush.rejected_while_draining),
+    );
+    metrics::counter!("lastcall_shutdown_closed_without_request_total").increment(
+        report
+            .closed_without_request
+            .saturating_sub(before_flush.closed_without_request),
     );
     for step in report
         .failed_steps()

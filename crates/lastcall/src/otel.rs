@@ -12,6 +12,7 @@
 //!    | `lastcall.shutdown.phase.duration` | histogram, `s` | `phase`, `outcome` |
 //!    | `lastcall.shutdown.elapsed` | gauge, `s` (trigger to flush) | `trigger`, `signal`, `exit` |
 //!    | `lastcall.shutdown.rejected_while_draining` | counter | |
+//!    | `lastcall.shutdown.closed_without_request` | counter | |
 //!    | `lastcall.shutdown.active_at_deadline` | gauge | `kind` |
 //!    | `lastcall.shutdown.cleanup_failures` | counter | `step`, `phase`, `outcome` |
 //!    | `lastcall.shutdown.later_signals` | counter | |
@@ -41,10 +42,14 @@ use crate::Controller;
 use crate::Shutdown;
 
 /// The name of the step [`Flush::register`] adds.
+///
+/// Needs the `opentelemetry` feature.
 pub const STEP_NAME: &str = "opentelemetry";
 
 /// Flushes and shuts down OpenTelemetry providers in the flush-telemetry phase, after
 /// recording the shutdown's figures on the meter provider (see the [module](self) docs).
+///
+/// Needs the `opentelemetry` feature.
 ///
 /// # Examples
 ///
@@ -75,6 +80,8 @@ pub struct Flush {
 }
 
 /// Which provider an [`OtelError`] is about.
+///
+/// Needs the `opentelemetry` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
@@ -87,6 +94,8 @@ pub enum Provider {
 }
 
 /// Why the OpenTelemetry flush step failed; the step's outcome in the report carries it.
+///
+/// Needs the `opentelemetry` feature.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OtelError {
@@ -254,6 +263,11 @@ fn record(meter: &Meter, report: &Report) {
         .with_description("Requests or claims turned away while draining")
         .build()
         .add(report.rejected_while_draining, &[]);
+    meter
+        .u64_counter("lastcall.shutdown.closed_without_request")
+        .with_description("Connections closed at the shutdown before a first request")
+        .build()
+        .add(report.closed_without_request, &[]);
     let active = meter
         .u64_gauge("lastcall.shutdown.active_at_deadline")
         .with_description("Work still active at the wait-for-work deadline")

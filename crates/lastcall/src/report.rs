@@ -2,11 +2,14 @@
 
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ActiveWork, Budget, Exit, Phase, Signal, WorkKind};
+use crate::tracker::ActiveWork;
+use crate::{Budget, Exit, Phase, Signal, WorkKind};
 
 /// The structured record of one shutdown: what triggered it, how each phase went, what was
 /// left behind, and the exit code.
@@ -48,9 +51,15 @@ pub struct Report {
     /// The work still active at the wait-for-work deadline, if any was (oldest first, at most
     /// 50 items; `count` covers all).
     pub work_at_deadline: Option<ActiveWork>,
-    /// Requests or claims turned away while draining, as counted by
-    /// [`Shutdown::record_rejection`](crate::Shutdown::record_rejection).
+    /// Requests or claims turned away while draining, as counted by [`Rejections`] (the HTTP
+    /// layer's own and the application's).
     pub rejected_while_draining: u64,
+    /// Connections `http::serve` closed at the shutdown before a first request, or with a
+    /// request head half read (a slow or half-open client): no request was accepted on them,
+    /// so they are not work cut. Only `http::serve` (feature `http`) counts them; `0` in
+    /// reports written before the field existed.
+    #[serde(default)]
+    pub closed_without_request: u64,
     /// From the trigger to the end of the report.
     #[serde(with = "crate::millis::ms", rename = "total_ms")]
     pub total: Duration,
@@ -58,6 +67,32 @@ pub struct Report {
     pub exit: Exit,
     /// The outcome's exit status.
     pub exit_code: u8,
+}
+
+/// Counts requests or claims turned away because the service is draining; the total is the
+/// report's [`rejected_while_draining`](Report::rejected_while_draining).
+///
+/// Made by [`Controller::rejections`](crate::Controller::rejections). The HTTP layer counts
+/// its own rejections (`DrainPolicy::Reject`, feature `http`); this handle is for code that
+/// turns work away itself. Clones count into the same total.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use lastcall::Controller;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let controller = Controller::builder().ignore_env().drain_delay(Duration::ZERO).build().unwrap();
+/// let rejections = controller.rejections();
+/// rejections.record(); // a claim refused while draining
+/// controller.trigger().trigger("example");
+/// assert_eq!(controller.run_with_report().await.rejected_while_draining, 1);
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Rejections {
+    count: Arc<AtomicU64>,
 }
 
 /// What started a shutdown.
@@ -213,6 +248,13 @@ impl fmt::Display for Report {
         if let Some(work) = &self.work_at_deadline {
             writeln!(f, "  cut at the wait deadline: {work}")?;
         }
+        if self.closed_without_request > 0 {
+            writeln!(
+                f,
+                "  connections closed without a request: {}",
+                self.closed_without_request
+            )?;
+        }
         for later in &self.later_signals {
             writeln!(
                 f,
@@ -251,6 +293,26 @@ impl Report {
         WorkKind::ALL
             .into_iter()
             .map(move |kind| (kind, cut.get(kind)))
+    }
+}
+
+impl Rejections {
+    /// Counts one request or claim turned away.
+    pub fn record(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The rejections counted so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Rejections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejections")
+            .field("count", &self.count())
+            .finish()
     }
 }
 

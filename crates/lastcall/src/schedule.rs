@@ -181,7 +181,9 @@ impl Scheduler {
     }
 
     /// Runs `f` at the times of a cron expression (UTC; seconds first: `"0 */5 * * * *"` is
-    /// every five minutes). Feature `cron`.
+    /// every five minutes).
+    ///
+    /// Needs the `cron` feature.
     ///
     /// # Errors
     ///

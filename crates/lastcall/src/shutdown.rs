@@ -2,17 +2,19 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Plan;
 use crate::future::PhaseReached;
-use crate::report::{LaterSignal, TriggerCause};
+use crate::health::HealthState;
+use crate::report::{LaterSignal, Rejections, TriggerCause};
 use crate::signal::ForceExit;
 use crate::watchdog::{LastWords, Watchdog};
-use crate::{Exit, Health, HealthState, Phase, Plan, Signal, Tracker};
+use crate::{Exit, Health, Phase, Signal, Tracker};
 
 /// A cloneable view of the shutdown, for the components that must react to it.
 ///
@@ -94,13 +96,16 @@ pub(crate) struct Shared {
     /// One token per phase, cancelled when the phase is entered.
     tokens: [CancellationToken; 8],
     fired: Mutex<Fired>,
-    rejected: AtomicU64,
+    rejected: Rejections,
+    /// Connections `http::serve` closed at the shutdown before their first request or with a
+    /// request head half read: shared with every `serve` of this shutdown, which count into it.
+    closed_without_request: Arc<AtomicUsize>,
     /// The step running now, so the watchdog can name the dependency that hung.
     current_step: Mutex<Option<(Phase, String)>>,
     /// Called synchronously as each phase is entered, with the end of the budget.
     observers: Mutex<Vec<PhaseObserver>>,
     /// The report up to the end of waiting for work, set as the flush-telemetry phase begins.
-    so_far: Mutex<Option<crate::Report>>,
+    so_far: Mutex<Option<crate::report::Report>>,
 }
 
 /// A callback run as each phase is entered: the phase, and the instant the budget ends.
@@ -206,8 +211,15 @@ impl Shutdown {
 
     /// Counts one request or claim turned away because the service is draining; the total is
     /// reported as `rejected_while_draining`.
+    #[deprecated(note = "use Controller::rejections().record(): Shutdown is the observer's view")]
     pub fn record_rejection(&self) {
-        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+        self.shared.rejected.record();
+    }
+
+    /// The rejection counter, for the HTTP layer, which counts what it turns away.
+    #[cfg(feature = "http")]
+    pub(crate) fn rejections(&self) -> crate::report::Rejections {
+        self.shared.rejections()
     }
 
     /// The shutdown's report as it stood when the flush-telemetry phase began: the trigger,
@@ -235,8 +247,15 @@ impl Shutdown {
     /// controller.run().await;
     /// # }
     /// ```
-    pub fn report_so_far(&self) -> Option<crate::Report> {
+    pub fn report_so_far(&self) -> Option<crate::report::Report> {
         lock(&self.shared.so_far).clone()
+    }
+
+    /// The counter `http::serve` adds a connection to when the shutdown closes it before its
+    /// first request; reported as `closed_without_request`.
+    #[cfg(feature = "http")]
+    pub(crate) fn closed_without_request(&self) -> Arc<AtomicUsize> {
+        self.shared.closed_without_request.clone()
     }
 }
 
@@ -281,7 +300,8 @@ impl Shared {
             phase: AtomicU8::new(Phase::Running as u8),
             tokens,
             fired: Mutex::new(Fired::default()),
-            rejected: AtomicU64::new(0),
+            rejected: Rejections::default(),
+            closed_without_request: Arc::default(),
             current_step: Mutex::new(None),
             observers: Mutex::new(Vec::new()),
             so_far: Mutex::new(None),
@@ -398,12 +418,20 @@ impl Shared {
         &self.tokens[phase.index()]
     }
 
-    pub(crate) fn set_report_so_far(&self, report: crate::Report) {
+    pub(crate) fn set_report_so_far(&self, report: crate::report::Report) {
         *lock(&self.so_far) = Some(report);
     }
 
     pub(crate) fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
+        self.rejected.count()
+    }
+
+    pub(crate) fn rejections(&self) -> Rejections {
+        self.rejected.clone()
+    }
+
+    pub(crate) fn closed_without_request(&self) -> u64 {
+        self.closed_without_request.load(Ordering::Relaxed) as u64
     }
 
     pub(crate) fn set_current_step(&self, step: Option<(Phase, String)>) {

@@ -201,7 +201,7 @@ pub(crate) fn listen(signals: &[Signal], on_signal: OnSignal) -> Result<Listener
 /// # Examples
 ///
 /// ```
-/// use lastcall::ForceExit;
+/// use lastcall::signal::ForceExit;
 ///
 /// assert_eq!("second-interrupt".parse::<ForceExit>(), Ok(ForceExit::SecondInterrupt));
 /// assert_eq!(ForceExit::default(), ForceExit::Never);

@@ -5,7 +5,7 @@
 //!
 //! | when | message |
 //! |---|---|
-//! | the health becomes ready ([`Readiness::set_ready`](crate::Readiness::set_ready)) | `READY=1`, `STATUS=ready` |
+//! | the health becomes ready ([`Readiness::set_ready`](crate::health::Readiness::set_ready)) | `READY=1`, `STATUS=ready` |
 //! | the shutdown is triggered | `STOPPING=1`, `STATUS=shutting down: not_ready` |
 //! | each later phase begins | `STATUS=shutting down: <phase>` |
 //! | each phase, then every second until exit | `EXTEND_TIMEOUT_USEC=<time left in the budget>` |
@@ -23,12 +23,15 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::{Controller, HealthState, Phase, Shutdown};
+use crate::health::HealthState;
+use crate::{Controller, Phase, Shutdown};
 
 /// How often `EXTEND_TIMEOUT_USEC` is renewed during a shutdown.
 const EXTEND_EVERY: Duration = Duration::from_secs(1);
 
 /// What the systemd integration can fail with, at startup.
+///
+/// Needs the `systemd` feature (and a unix target).
 ///
 /// # Examples
 ///
@@ -64,6 +67,8 @@ pub enum SystemdError {
 
 /// Reports the controller's readiness and shutdown to systemd over `NOTIFY_SOCKET`; returns
 /// whether systemd is listening (`false`, and nothing happens, when `NOTIFY_SOCKET` is unset).
+///
+/// Needs the `systemd` feature (and a unix target).
 ///
 /// Call it once, after building the controller and before marking the service ready.
 ///
@@ -105,6 +110,8 @@ pub fn notify(controller: &Controller) -> Result<bool, SystemdError> {
 
 /// Takes the TCP listener systemd passed by socket activation, if any (`LISTEN_FDS` set for
 /// this process); `Ok(None)` when the process was not socket-activated.
+///
+/// Needs the `systemd` feature (and a unix target).
 ///
 /// The listener is returned as it came (blocking mode); `lastcall::http::serve_std` sets it
 /// non-blocking.

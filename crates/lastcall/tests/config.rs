@@ -1,7 +1,8 @@
 use std::time::Duration;
 
+use lastcall::builder::ForceExit;
 use lastcall::error::{ConfigError, Origin, Setting};
-use lastcall::{Controller, ForceExit, Phase, Signal};
+use lastcall::{Controller, Phase, Signal};
 
 fn build_with(vars: &[(&str, &str)]) -> Result<Controller, ConfigError> {
     Controller::builder()

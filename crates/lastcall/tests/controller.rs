@@ -1,9 +1,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lastcall::{
-    Controller, Exit, HealthState, Phase, PhaseOutcome, StepOutcome, TriggerCause, WorkKind,
-};
+use lastcall::health::HealthState;
+use lastcall::report::{PhaseOutcome, StepOutcome, TriggerCause};
+use lastcall::{Controller, Exit, Phase, WorkKind};
 use tokio::time::Instant;
 
 fn secs(n: u64) -> Duration {
@@ -258,11 +258,14 @@ async fn a_fatal_trigger_exits_non_zero_even_when_clean() {
 #[tokio::test(start_paused = true)]
 async fn rejections_while_draining_are_counted_in_the_report() {
     let controller = controller();
-    let shutdown = controller.shutdown();
+    let rejections = controller.rejections();
     controller.trigger().trigger("test");
-    for _ in 0..3 {
-        shutdown.record_rejection();
-    }
+    rejections.record();
+    rejections.clone().record(); // clones count into the same total
+                                 // The deprecated observer method still counts there too, for one release.
+    #[allow(deprecated)]
+    controller.shutdown().record_rejection();
+    assert_eq!(rejections.count(), 3);
     let report = controller.run_with_report().await;
     assert_eq!(report.rejected_while_draining, 3);
 }
@@ -280,7 +283,7 @@ async fn the_report_round_trips_through_json() {
         json.contains("\"total_ms\":30000.0"),
         "budget in ms: {json}"
     );
-    let back: lastcall::Report = serde_json::from_str(&json).unwrap();
+    let back: lastcall::report::Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back.exit, report.exit);
     assert_eq!(back.work_at_deadline.unwrap().items[0].label, "orders:42");
     assert!(
@@ -305,7 +308,7 @@ fn the_report_is_recorded_through_the_metrics_facade() {
                 let controller = controller();
                 let _work = controller.tracker().job("stuck");
                 controller.close("broker", secs(1), std::future::pending::<()>);
-                controller.shutdown().record_rejection();
+                controller.rejections().record();
                 controller.trigger().trigger("test");
                 controller.run_with_report().await
             })
@@ -331,6 +334,11 @@ fn the_report_is_recorded_through_the_metrics_facade() {
     assert_eq!(
         find("lastcall_shutdown_rejected_while_draining_total", None),
         &DebugValue::Counter(1)
+    );
+    // Recorded (as zero: no `http::serve` here) so a dashboard's series exists from the start.
+    assert_eq!(
+        find("lastcall_shutdown_closed_without_request_total", None),
+        &DebugValue::Counter(0)
     );
     assert_eq!(
         find(
@@ -390,4 +398,13 @@ async fn readiness_withdrawn_by_the_application_comes_back_but_the_shutdown_s_is
     assert!(!health.is_ready(), "the shutdown's not-ready is final");
     let report = flow.await.unwrap();
     assert_eq!(report.exit, lastcall::Exit::Clean);
+}
+
+/// `lastcall::Report`, the name the README used before the report types moved to
+/// `lastcall::report`, still names the same type for one release.
+#[test]
+#[allow(deprecated)]
+fn the_old_root_report_name_is_the_report() {
+    let same = |report: lastcall::Report| -> lastcall::report::Report { report };
+    let _ = same;
 }

@@ -7,7 +7,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lastcall::{Exit, Phase, PhaseOutcome, Report, StepOutcome, TriggerCause, WorkKind};
+use lastcall::report::{PhaseOutcome, Report, StepOutcome, TriggerCause};
+use lastcall::{Exit, Phase, WorkKind};
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
 

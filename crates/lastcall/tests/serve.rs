@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lastcall::Report;
+use lastcall::report::Report;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -186,6 +186,62 @@ fn a_half_sent_request_head_does_not_hold_the_shutdown() {
         exited.stderr.contains("closed_without_request=1"),
         "{}",
         exited.stderr
+    );
+}
+
+/// A slowloris client (a head trickling in) at SIGTERM is counted in the report, JSON and
+/// summary, as a connection closed without a request, and the exit stays 0: no accepted work
+/// was cut. A keep-alive connection that was served and sits idle is not counted.
+#[test]
+fn a_slowloris_client_at_sigterm_is_reported_as_closed_without_a_request() {
+    let served = Served::start(
+        &[],
+        &[("LASTCALL_BUDGET", "5s"), ("LASTCALL_DRAIN_DELAY", "300ms")],
+    );
+    let mut kept = served.connect();
+    kept.write_all(b"GET /hello HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 17];
+    kept.read_exact(&mut answer).unwrap();
+    assert_eq!(
+        &answer[..],
+        b"HTTP/1.1 200 OK\r\n",
+        "the keep-alive connection was served"
+    );
+    let mut slow = served.connect();
+    slow.write_all(b"GET /hello HTTP/1.1\r\nho").unwrap();
+    served.signal(Signal::SIGTERM);
+    // Keeps trickling, as slowloris does, until the server closes the connection.
+    let trickled = std::thread::spawn(move || {
+        let until = Instant::now() + PATIENCE;
+        while Instant::now() < until && slow.write_all(b"s").is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let exited = served.wait();
+    trickled.join().unwrap();
+    assert_eq!(exited.status.code(), Some(0), "{}", exited.report);
+    assert!(
+        exited.report.work_at_deadline.is_none(),
+        "{}",
+        exited.report
+    );
+    assert_eq!(exited.report.closed_without_request, 1, "{}", exited.report);
+    assert!(
+        exited
+            .report
+            .to_json()
+            .contains("\"closed_without_request\":1"),
+        "{}",
+        exited.report.to_json()
+    );
+    assert!(
+        exited
+            .report
+            .to_string()
+            .contains("connections closed without a request: 1"),
+        "{}",
+        exited.report
     );
 }
 

@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lastcall::report::PhaseOutcome;
 use lastcall::schedule::Scheduler;
 use lastcall::worker::{
     Job, NatsQueue, NewJob, PgQueue, Queue, QueueError, Retry, SqliteQueue, Worker,
 };
-use lastcall::{Controller, Exit, Phase, PhaseOutcome};
+use lastcall::{Controller, Exit, Phase};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -606,6 +607,94 @@ async fn postgres_mark_processed_applies_an_effect_once_per_key() {
         vec![true, true, false],
         "rolled back, applied, redelivery skipped"
     );
+}
+
+// --- handlers with state ----------------------------------------------------------------
+
+/// The handler a new user writes, exactly as written (no type annotations): the pool as the
+/// worker's state, an `async move` body, `?` on a sqlx call, `Ok(())`. With `Worker::new` and a
+/// captured pool this was four compile errors; it must compile, and its effect must land once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_with_a_pool_as_state_compiles_as_written_and_applies_its_effect() {
+    let (queue, backend) = sqlite(ms(1_000)).await.unwrap();
+    let pool = queue.pool().clone();
+    sqlx::query("CREATE TABLE sent (job TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let controller = controller();
+    let worker = Worker::with_state(queue.clone(), pool.clone(), |pool, job| async move {
+        sqlx::query("INSERT INTO sent (job) VALUES (?)")
+            .bind(job.id())
+            .execute(&pool)
+            .await?;
+        Ok(())
+    })
+    .claim_wait(ms(300))
+    .spawn(&controller)
+    .unwrap();
+    let id = queue.enqueue(NewJob::new(b"one".to_vec())).await.unwrap();
+    eventually(Duration::from_secs(15), "the job to be acked", || async {
+        worker.stats().succeeded == 1
+    })
+    .await;
+    controller.trigger().trigger("test");
+    let report = controller.run_with_report().await;
+    assert_eq!(report.exit, Exit::Clean, "{}", report.to_json());
+    let sent: Vec<String> = sqlx::query_scalar("SELECT job FROM sent")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, vec![id], "the handler's row, once");
+    assert_eq!(queue.pending().await.unwrap(), 0);
+    backend.cleanup().await;
+}
+
+/// `?` in a handler with state is a failed attempt like any other: a query on a table that
+/// does not exist is retried, then dead-lettered with sqlx's error, and the worker lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_from_question_mark_in_a_handler_with_state_retries_then_dead_letters() {
+    let (queue, backend) = sqlite(ms(1_000)).await.unwrap();
+    let pool = queue.pool().clone();
+    let controller = controller();
+    let worker = Worker::with_state(queue.clone(), pool.clone(), |pool, job| async move {
+        sqlx::query("INSERT INTO no_such_table (job) VALUES (?)")
+            .bind(job.id())
+            .execute(&pool)
+            .await?;
+        Ok(())
+    })
+    .claim_wait(ms(300))
+    .retry(Retry::new(2).base(ms(20)).max(ms(100)))
+    .spawn(&controller)
+    .unwrap();
+    queue
+        .enqueue(NewJob::new(b"doomed".to_vec()))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the job to be dead-lettered",
+        || async { queue.dead().await.unwrap() == 1 },
+    )
+    .await;
+    let stats = worker.stats();
+    assert_eq!(
+        (stats.succeeded, stats.retried, stats.dead),
+        (0, 1, 1),
+        "{stats:?}"
+    );
+    let error: String = sqlx::query_scalar("SELECT last_error FROM lastcall_dead_jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        error.contains("no_such_table"),
+        "the dead letter keeps sqlx's error: {error}"
+    );
+    controller.trigger().trigger("test");
+    controller.run_with_report().await;
+    backend.cleanup().await;
 }
 
 // --- what the SQL adapters share ----------------------------------------------------------

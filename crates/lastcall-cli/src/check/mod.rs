@@ -356,7 +356,7 @@ async fn run_scenario(name: &'static str, spec: &Spec, repeat: u32) -> anyhow::R
         }
         let worse = worst
             .as_ref()
-            .map_or(true, |(w, _)| finding.verdict.rank() > w.verdict.rank());
+            .is_none_or(|(w, _)| finding.verdict.rank() > w.verdict.rank());
         if worse {
             worst = Some((finding, timeline.svg()));
         }

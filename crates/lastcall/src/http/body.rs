@@ -11,6 +11,8 @@ use crate::WorkGuard;
 pin_project_lite::pin_project! {
     /// The body of a response that went through [`Drain`](super::Drain).
     ///
+    /// Needs the `http` feature.
+    ///
     /// It holds the request's [`WorkGuard`] until the body has been fully sent (or dropped), so
     /// a streaming response counts as active work until its last frame, not merely until the
     /// handler returned.

@@ -12,6 +12,8 @@ use crate::{Phase, Shutdown, WorkGuard, WorkKind};
 
 pin_project_lite::pin_project! {
     /// The future returned by [`Drain`](super::Drain).
+    ///
+    /// Needs the `http` feature.
     #[must_use = "futures do nothing unless polled"]
     #[derive(Debug)]
     pub struct ResponseFuture<F> {

@@ -5,9 +5,12 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::Drain;
+use crate::report::Rejections;
 use crate::Shutdown;
 
 /// A tower layer that drains HTTP traffic through a shutdown.
+///
+/// Needs the `http` feature.
 ///
 /// Every request is tracked in the shutdown's [`Tracker`](crate::Tracker) until its response
 /// body has been fully sent (a streaming body counts until it ends; a `text/event-stream` or
@@ -34,12 +37,16 @@ use crate::Shutdown;
 #[derive(Debug, Clone)]
 pub struct DrainLayer {
     pub(crate) shutdown: Shutdown,
+    /// Where [`DrainPolicy::Reject`] counts what it turns away.
+    pub(crate) rejections: Rejections,
     pub(crate) policy: DrainPolicy,
     pub(crate) health: Option<HealthPaths>,
 }
 
 /// What the layer does with a request that arrives after stop-accepting, on a connection that
 /// is still open.
+///
+/// Needs the `http` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DrainPolicy {
@@ -58,6 +65,8 @@ pub enum DrainPolicy {
 
 /// The paths of the liveness and readiness endpoints the layer answers.
 ///
+/// Needs the `http` feature.
+///
 /// Liveness answers `200 {"ok":true}` until the process is about to exit; readiness answers
 /// `200 {"ready":true}` while ready and `503 {"ready":false}` from the first moment of the
 /// shutdown (and while starting).
@@ -72,6 +81,7 @@ impl DrainLayer {
     /// `/health/live` and `/health/ready`.
     pub fn new(shutdown: Shutdown) -> DrainLayer {
         DrainLayer {
+            rejections: shutdown.rejections(),
             shutdown,
             policy: DrainPolicy::Serve,
             health: Some(HealthPaths::default()),

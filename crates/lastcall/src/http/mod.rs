@@ -63,6 +63,8 @@ pub use service::Drain;
 /// recognise by their headers (`text/event-stream` and upgrades it does): a gRPC server stream,
 /// say (`grpc::stream_response`, feature `tonic`, sets it), or a long download.
 ///
+/// Needs the `http` feature.
+///
 /// # Examples
 ///
 /// ```

@@ -12,6 +12,8 @@ use super::{DrainBody, DrainLayer, DrainPolicy, ResponseFuture};
 use crate::{Phase, WorkKind};
 
 /// The service [`DrainLayer`] wraps around an inner service; see the layer for what it does.
+///
+/// Needs the `http` feature.
 #[derive(Debug, Clone)]
 pub struct Drain<S> {
     inner: S,
@@ -96,7 +98,7 @@ where
         let shutdown = &self.layer.shutdown;
         if let DrainPolicy::Reject { retry_after } = self.layer.policy {
             if shutdown.phase() >= Phase::StopAccepting {
-                shutdown.record_rejection();
+                self.layer.rejections.record();
                 tracing::debug!(method = %req.method(), path = req.uri().path(), "rejected while draining");
                 let mut response = json(DRAINING_BODY);
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

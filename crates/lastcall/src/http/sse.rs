@@ -16,6 +16,8 @@ pub use crate::future::UntilShutdown;
 /// chunked terminator), so the client sees a finished stream, not a cut one, and the service
 /// does not wait for the stream until its deadline.
 ///
+/// Needs the `axum` feature.
+///
 /// Serve it behind a [`DrainLayer`](super::DrainLayer), which tracks the response as a
 /// [`WorkKind::Stream`](crate::WorkKind::Stream) until its last byte.
 ///
@@ -60,6 +62,8 @@ where
 }
 
 /// As [`until_shutdown`], with your own last event.
+///
+/// Needs the `axum` feature.
 pub fn until_shutdown_with<S, E>(shutdown: &Shutdown, stream: S, last: Event) -> UntilShutdown<S>
 where
     S: Stream<Item = Result<Event, E>>,

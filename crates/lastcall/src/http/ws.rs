@@ -7,11 +7,15 @@ use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use crate::{Phase, Shutdown};
 
 /// How long [`recv_until_shutdown`] waits for the peer to answer its close frame.
+///
+/// Needs the `websocket` feature.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Receives the next message, unless the shutdown reaches stop-accepting first: then it sends a
 /// close frame with code 1001 "going away", waits (at most [`CLOSE_WAIT`]) for the peer's close
 /// frame, and returns `None`, as when the peer closes.
+///
+/// Needs the `websocket` feature.
 ///
 /// A client that sees 1001 knows the server is going away on purpose and reconnects (to
 /// another instance); a service whose only open work is WebSockets exits promptly instead of
@@ -61,6 +65,8 @@ pub async fn recv_until_shutdown(
 
 /// Sends a close frame with code 1001 "going away" and waits, at most `wait`, for the peer's
 /// close frame.
+///
+/// Needs the `websocket` feature.
 pub async fn going_away(socket: &mut WebSocket, wait: Duration) {
     let frame = CloseFrame {
         code: close_code::AWAY,

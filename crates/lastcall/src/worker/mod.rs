@@ -59,6 +59,26 @@ pub use sql::SqlReceipt;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteQueue, SQLITE_SCHEMA};
 
+/// The sqlx (0.9) that `SqliteQueue` and `PgQueue` speak, so a service can name the `Pool`
+/// they take without matching versions by hand: `lastcall::worker::sqlx::SqlitePool`.
+///
+/// Needs the `sqlite` or the `postgres` feature.
+///
+/// # Examples
+///
+/// ```no_run
+/// use lastcall::worker::sqlx::SqlitePool;
+/// use lastcall::worker::SqliteQueue;
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = SqlitePool::connect("sqlite:jobs.db?mode=rwc").await?;
+/// let queue = SqliteQueue::new(pool, "emails")?;
+/// # let _ = queue; Ok(()) }
+/// ```
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[doc(no_inline)]
+pub use sqlx;
+
 /// A job as a worker's handler sees it.
 ///
 /// # Examples

@@ -23,6 +23,8 @@ const HEADER_ATTEMPTS: &str = "Lastcall-Attempts";
 
 /// A job queue on NATS JetStream (feature `nats`).
 ///
+/// Needs the `nats` feature.
+///
 /// [`NatsQueue::open`] creates (or reuses) three things named after the queue:
 ///
 /// - the stream `LASTCALL_<name>` on the subject `lastcall.jobs.<name>`, with work-queue
@@ -76,6 +78,8 @@ impl std::fmt::Debug for NatsQueue {
 }
 
 /// The proof of a JetStream claim: the delivered message, whose reply subject acks it.
+///
+/// Needs the `nats` feature.
 pub struct NatsReceipt {
     message: jetstream::Message,
     sequence: u64,

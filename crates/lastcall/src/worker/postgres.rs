@@ -13,9 +13,13 @@ use super::sql::{SqlCore, SqlReceipt, Statements};
 use super::{check_name, Delivery, Job, NewJob, Queue, QueueError};
 
 /// The schema [`PgQueue::migrate`] applies, for projects that run their own migrations.
+///
+/// Needs the `postgres` feature.
 pub const POSTGRES_SCHEMA: &str = include_str!("../../migrations/postgres/0001_lastcall_jobs.sql");
 
 /// A job queue in a PostgreSQL database (feature `postgres`).
+///
+/// Needs the `postgres` feature.
 ///
 /// Jobs live in `lastcall_jobs` (see [`PgQueue::migrate`]). A claim takes the oldest due row
 /// with `FOR UPDATE SKIP LOCKED`, so many workers claim in parallel without waiting on each

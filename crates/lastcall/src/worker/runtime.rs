@@ -12,14 +12,15 @@ use tokio_util::task::TaskTracker;
 
 use super::{Delivery, Job, Queue, QueueError, Retry};
 use crate::spawned::Spawned;
-use crate::step::StepResult;
+use crate::step::{BoxError, StepResult};
 use crate::{Controller, Phase, Shutdown, WorkGuard};
 
 /// Claims jobs from a [`Queue`] with a fixed concurrency and runs a handler for each, in step
 /// with the shutdown (see the [module docs](super)).
 ///
 /// The handler gets the [`Job`] and returns `()` or `Result<(), E>`; an error or a panic is a
-/// failed attempt, retried per [`Retry`].
+/// failed attempt, retried per [`Retry`]. A handler that needs a pool or a client gets it
+/// through [`Worker::with_state`].
 ///
 /// # Examples
 ///
@@ -139,6 +140,57 @@ struct Inner<Q, H> {
     retry: Retry,
     release_delay: Duration,
     counters: Arc<Counters>,
+}
+
+impl<Q: Queue> Worker<Q, ()> {
+    /// A worker whose handler gets a clone of `state` (a pool, a client, an `Arc` of both)
+    /// with each job, and returns `Result<(), BoxError>`, so `?` works on any error.
+    ///
+    /// This is the handler most services write: `Worker::new`'s `Fn(Job)` handler cannot move
+    /// a captured pool into an `async move` body (the closure runs once per job), and its
+    /// generic result leaves the error type of `?` and `Ok(())` for the caller to spell.
+    /// The state is cloned once per job, as axum's `State` is per request; a sqlx pool is an
+    /// `Arc` inside, so the clone is cheap.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lastcall::worker::sqlx::{self, SqlitePool};
+    /// use lastcall::worker::{SqliteQueue, Worker};
+    /// use lastcall::Controller;
+    ///
+    /// let controller = Controller::from_env()?;
+    /// let pool = SqlitePool::connect("sqlite:jobs.db?mode=rwc").await?;
+    /// SqliteQueue::migrate(&pool).await?;
+    /// let queue = SqliteQueue::new(pool.clone(), "emails")?;
+    ///
+    /// Worker::with_state(queue, pool.clone(), |pool, job| async move {
+    ///     sqlx::query("INSERT INTO sent (job) VALUES (?)")
+    ///         .bind(job.id())
+    ///         .execute(&pool)
+    ///         .await?;
+    ///     Ok(())
+    /// })
+    /// .concurrency(4)
+    /// .spawn(&controller)?;
+    ///
+    /// let code = controller.run().await;
+    /// pool.close().await;
+    /// # let _ = code; Ok(()) }
+    /// ```
+    pub fn with_state<S, H, Fut>(
+        queue: Q,
+        state: S,
+        handler: H,
+    ) -> Worker<Q, impl Fn(Job) -> Fut + Send + Sync + 'static>
+    where
+        S: Clone + Send + Sync + 'static,
+        H: Fn(S, Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        Worker::new(queue, move |job| handler(state.clone(), job))
+    }
 }
 
 impl<Q, H, Fut> Worker<Q, H>

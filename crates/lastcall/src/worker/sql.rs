@@ -11,6 +11,8 @@ use super::{millis, Delivery, Job, NewJob, QueueError};
 /// The proof of a claim on a SQL queue: the row and the token of the claim holding its lease.
 /// An ack, renewal or release matches both, so a worker whose lease expired and was claimed
 /// again cannot settle someone else's claim.
+///
+/// Needs the `sqlite` or the `postgres` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SqlReceipt {
     pub(crate) id: i64,
@@ -92,7 +94,7 @@ impl SqlReceipt {
 impl<DB> SqlCore<DB>
 where
     DB: Database,
-    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    <DB as Database>::Arguments: IntoArguments<DB>,
     for<'c> &'c mut <DB as Database>::Connection: Executor<'c, Database = DB>,
     i64: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,

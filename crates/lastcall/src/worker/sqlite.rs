@@ -11,9 +11,13 @@ use super::sql::{SqlCore, SqlReceipt, Statements};
 use super::{check_name, Delivery, Job, NewJob, Queue, QueueError};
 
 /// The schema [`SqliteQueue::migrate`] applies, for projects that run their own migrations.
+///
+/// Needs the `sqlite` feature.
 pub const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/0001_lastcall_jobs.sql");
 
 /// A job queue in a SQLite database (feature `sqlite`): the embedded default.
+///
+/// Needs the `sqlite` feature.
 ///
 /// Jobs live in `lastcall_jobs` (see [`SqliteQueue::migrate`]); a claim sets a lease
 /// (`lease_until`) and a token in one `UPDATE ... RETURNING`, which SQLite's single writer

@@ -12,6 +12,8 @@ const MAX_WINDOW: u32 = (1 << 31) - 1;
 /// How [`serve`](crate::http::serve) treats connections: its own timeouts and close behaviour, and hyper's
 /// HTTP/1 and HTTP/2 settings.
 ///
+/// Needs the `http` feature.
+///
 /// hyper's settings that are not set here keep hyper's defaults, except HTTP/2's extended
 /// CONNECT protocol (RFC 8441), which is on, as under `axum::serve`, so WebSockets work over
 /// HTTP/2.

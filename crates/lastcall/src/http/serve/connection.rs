@@ -20,7 +20,8 @@ use tower_service::Service;
 use super::linger::Lingering;
 use super::{Listener, Served};
 use crate::http::body::Guarded;
-use crate::{BoxError, Phase, WorkKind};
+use crate::step::BoxError;
+use crate::{Phase, WorkKind};
 
 /// How long a request head half read at stop-accepting may take to complete, at most (less
 /// when its header-read timeout has less left): a client that trickles its head cannot hold

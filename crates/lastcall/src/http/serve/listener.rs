@@ -10,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// A source of connections for [`serve`](crate::http::serve): a [`tokio::net::TcpListener`], or on Unix a
 /// [`tokio::net::UnixListener`].
 ///
+/// Needs the `http` feature.
+///
 /// Sealed: [`serve`](crate::http::serve) needs to know a socket's kind to close it without a reset.
 pub trait Listener: sealed::Accept {}
 
@@ -99,6 +101,8 @@ impl sealed::Accept for tokio::net::UnixListener {
 /// Binds a TCP listener on `addr` with the system's largest accept backlog, so a burst of
 /// connections at the moment of a shutdown waits in the kernel's queue for [`serve`](crate::http::serve) to take
 /// it rather than being dropped or reset.
+///
+/// Needs the `http` feature.
 ///
 /// `tokio::net::TcpListener::bind` asks for a backlog of 1,024, and many servers 128; a
 /// connection that finds the queue full has its handshake dropped, and retried a second

@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::{BoxError, Phase, Shutdown};
+use crate::step::BoxError;
+use crate::{Phase, Shutdown};
 
 mod config;
 mod connection;
@@ -33,6 +34,8 @@ use connection::{connection, Arrival};
 
 /// Serves `service` on `listener` until the shutdown has stopped accepting and every connection
 /// has closed.
+///
+/// Needs the `http` feature.
 ///
 /// - During the drain delay everything is served normally.
 /// - At stop-accepting the listener closes (new connections are refused, which balancers
@@ -120,7 +123,7 @@ where
     let builder = config.builder();
     let local = listener.describe();
     let connections = TaskTracker::new();
-    let without_request = Arc::new(AtomicUsize::new(0));
+    let without_request = shutdown.closed_without_request(); // counted into the report
     let stop = shutdown.reached(Phase::StopAccepting);
     tokio::pin!(stop);
     loop {
@@ -188,6 +191,8 @@ where
 }
 
 /// [`serve`] for an already-bound standard listener (socket activation, tests).
+///
+/// Needs the `http` feature.
 ///
 /// # Errors
 ///
