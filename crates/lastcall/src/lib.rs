@@ -56,6 +56,8 @@ mod clock;
 mod controller;
 mod exit;
 mod health;
+#[cfg(all(feature = "systemd", unix))]
+mod listen_fds;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod phase;
@@ -75,6 +77,8 @@ pub mod grpc;
 pub mod http;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
+#[cfg(all(feature = "restart", unix))]
+pub mod restart;
 pub mod runtime;
 pub mod schedule;
 #[cfg(all(feature = "systemd", unix))]

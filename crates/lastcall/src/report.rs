@@ -58,6 +58,10 @@ pub struct Report {
     pub exit: Exit,
     /// The outcome's exit status.
     pub exit_code: u8,
+    /// The restarts that failed before this shutdown (feature `restart`), each with its
+    /// reason, oldest first; this process kept serving through each of them.
+    #[serde(default)]
+    pub restarts_failed: Vec<String>,
 }
 
 /// What started a shutdown.
@@ -79,6 +83,13 @@ pub enum TriggerCause {
     Fatal {
         /// The reason given.
         reason: String,
+    },
+    /// A restart (feature `restart`): the successor said it was ready, and this process,
+    /// the old generation, drains (with no drain delay: the listeners stay open in the
+    /// successor).
+    Restart {
+        /// The successor's process id.
+        successor: u32,
     },
 }
 
@@ -213,6 +224,9 @@ impl fmt::Display for Report {
         if let Some(work) = &self.work_at_deadline {
             writeln!(f, "  cut at the wait deadline: {work}")?;
         }
+        for failed in &self.restarts_failed {
+            writeln!(f, "  restart failed earlier: {failed}")?;
+        }
         for later in &self.later_signals {
             writeln!(
                 f,
@@ -238,6 +252,7 @@ impl Report {
             TriggerCause::Signal { signal } => ("signal", signal.as_str()),
             TriggerCause::Requested { .. } => ("requested", "none"),
             TriggerCause::Fatal { .. } => ("fatal", "none"),
+            TriggerCause::Restart { .. } => ("restart", "none"),
         }
     }
 
@@ -284,6 +299,7 @@ impl fmt::Display for TriggerCause {
             TriggerCause::Signal { signal } => write!(f, "{signal}"),
             TriggerCause::Requested { reason } => write!(f, "requested: {reason}"),
             TriggerCause::Fatal { reason } => write!(f, "fatal: {reason}"),
+            TriggerCause::Restart { successor } => write!(f, "restart: successor pid {successor}"),
         }
     }
 }

@@ -99,6 +99,11 @@ pub(crate) struct Shared {
     observers: Mutex<Vec<PhaseObserver>>,
     /// The report up to the end of waiting for work, set as the flush-telemetry phase begins.
     so_far: Mutex<Option<crate::Report>>,
+    /// Why each failed restart failed, for the report.
+    restarts_failed: Mutex<Vec<String>>,
+    /// The restart's state (feature `restart`), set once when the controller is built.
+    #[cfg(all(feature = "restart", unix))]
+    pub(crate) restart: std::sync::OnceLock<Arc<crate::restart::State>>,
 }
 
 /// A callback run as each phase is entered: the phase, and the instant the budget ends.
@@ -283,6 +288,9 @@ impl Shared {
             current_step: Mutex::new(None),
             observers: Mutex::new(Vec::new()),
             so_far: Mutex::new(None),
+            restarts_failed: Mutex::new(Vec::new()),
+            #[cfg(all(feature = "restart", unix))]
+            restart: std::sync::OnceLock::new(),
         }
     }
 
@@ -346,6 +354,13 @@ impl Shared {
 
     /// Called for every delivery of a listened-for signal.
     pub(crate) fn on_signal(self: &Arc<Self>, signal: Signal) {
+        #[cfg(all(feature = "restart", unix))]
+        if let Some(state) = self.restart.get() {
+            if state.signal == signal {
+                crate::restart::on_signal(self.clone(), state.clone());
+                return;
+            }
+        }
         let started = self.fire(TriggerCause::Signal { signal });
         if !started && signal == Signal::Interrupt && self.force == ForceExit::SecondInterrupt {
             crate::watchdog::forced_exit(self.clone());
@@ -354,6 +369,25 @@ impl Shared {
 
     pub(crate) fn first(&self) -> Option<First> {
         lock(&self.fired).first.clone()
+    }
+
+    /// Records a failed restart for the report.
+    #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
+    pub(crate) fn restart_failed(&self, reason: String) {
+        lock(&self.restarts_failed).push(reason);
+    }
+
+    pub(crate) fn restarts_failed(&self) -> Vec<String> {
+        lock(&self.restarts_failed).clone()
+    }
+
+    /// Whether the shutdown was started by a successful restart: the listeners stay open in
+    /// the successor, so there is nothing to drain away from and no backlog to take.
+    pub(crate) fn restarting(&self) -> bool {
+        lock(&self.fired)
+            .first
+            .as_ref()
+            .is_some_and(|first| matches!(first.cause, TriggerCause::Restart { .. }))
     }
 
     pub(crate) fn later_signals(&self) -> Vec<LaterSignal> {
