@@ -162,8 +162,7 @@ where
     let mut late = builder.clone();
     late.http1().keep_alive(false);
     let mut backlog = 0usize;
-    let restarting = shutdown.shared.restarting();
-    while !restarting {
+    while !shutdown.shared.restarting() {
         let Ok(Ok((stream, peer))) =
             tokio::time::timeout(Duration::ZERO, listener.accept_one()).await
         else {
