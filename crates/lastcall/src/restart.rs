@@ -373,19 +373,19 @@ impl State {
         let mut said = Vec::new();
         let mut buf = [0u8; 16];
         // Closed: the successor closed its end without `ready` (it exited, or it does not
-        // speak the handshake); its exit or the timeout decides.
+        // speak the handshake); its exit or the timeout decides. `ready` counts once the
+        // successor has closed its end too.
         let mut closed = ours.is_none();
         loop {
             tokio::select! {
                 read = async { ours.as_mut().expect("polled only while open").read(&mut buf).await }, if !closed => match read {
-                    Ok(n) if n > 0 => {
-                        said.extend_from_slice(&buf[..n]);
-                        if said.starts_with(READY) {
-                            return Ok(());
-                        }
-                        closed = said.len() >= READY.len();
-                    }
-                    _ => closed = true,
+                    // `ready`, then its end closed: the successor holds no fd of the
+                    // handshake any more when this process goes on.
+                    Ok(0) | Err(_) if said.starts_with(READY) => return Ok(()),
+                    Ok(0) | Err(_) => closed = true,
+                    // Anything longer is not the handshake: its exit or the timeout decides.
+                    Ok(n) if said.len() + n > 64 => closed = true,
+                    Ok(n) => said.extend_from_slice(&buf[..n]),
                 },
                 status = child.wait() => {
                     return Err(RestartError::Exited {
