@@ -43,7 +43,7 @@ use crate::{Budget, Controller, Signal};
 /// let controller = Controller::builder()
 ///     .budget(Duration::from_secs(25))
 ///     .drain_delay(Duration::from_secs(5))
-///     .signals([Signal::Terminate, Signal::Interrupt, Signal::Hangup])
+///     .signals([Signal::Terminate, Signal::Interrupt, Signal::Quit])
 ///     .build()?;
 /// # drop(controller);
 /// # Ok(()) }
