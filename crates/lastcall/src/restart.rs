@@ -125,7 +125,7 @@ pub enum RestartError {
     /// Another restart is under way.
     #[error("restart refused: another restart is under way")]
     InProgress,
-    /// The service has not become ready yet (or its readiness is held back).
+    /// The service has not become ready yet.
     #[error("restart refused: the service is not ready yet")]
     NotReady,
     /// The shutdown has begun (or began during the restart, which was then abandoned).
