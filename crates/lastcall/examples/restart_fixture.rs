@@ -4,21 +4,24 @@
 //! `restart_fixture`: `lastcall::http::serve` + `DrainLayer` on the listener named `http`
 //! that a restart (or systemd) passed, else on one bound on 127.0.0.1 (port `FIXTURE_PORT`,
 //! default 0), registered for the next restart. Routes: `GET /pid` answers this process's
-//! pid, `GET /slow?ms=N` answers it after N ms. With `FIXTURE_READY_DELAY_MS=N` the service
+//! pid, `GET /slow?ms=N` answers it after N ms, `GET /events` is a Server-Sent Events stream
+//! (an event per 50 ms, a last `shutdown` event at the shutdown). With `FIXTURE_READY_DELAY_MS=N` the service
 //! says it is ready N ms after it listens. It prints `listening ADDR pid PID` once listening,
 //! `ready PID` once ready, and `report PID {json}` when its shutdown is done. Shutdown and
 //! restart settings come from `LASTCALL_*`.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::extract::Query;
+use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use axum::Router;
-use lastcall::http::{listen, serve, DrainLayer, ServeConfig};
+use lastcall::http::{listen, serve, sse::until_shutdown, DrainLayer, ServeConfig};
 use lastcall::systemd::Inherited;
 use lastcall::Controller;
 use tower::Layer;
@@ -71,9 +74,24 @@ async fn run() -> Result<ExitCode, Error> {
     };
     controller.restart_listener("http", &listener)?;
     let shutdown = controller.shutdown();
+    let events = shutdown.clone();
     let app = Router::new()
         .route("/pid", get(move || async move { pid.to_string() }))
-        .route("/slow", get(slow));
+        .route("/slow", get(slow))
+        .route(
+            "/events",
+            get(move || {
+                let ticks = futures_util::stream::unfold(0u64, |n| async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some((
+                        Ok::<_, Infallible>(Event::default().data(n.to_string())),
+                        n + 1,
+                    ))
+                });
+                let shutdown = events.clone();
+                async move { Sse::new(until_shutdown(&shutdown, ticks)) }
+            }),
+        );
     let app = DrainLayer::new(shutdown.clone()).layer(app);
     println!("listening {} pid {pid}", listener.local_addr()?);
     let server = tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()));

@@ -562,6 +562,36 @@ fn a_request_in_flight_across_the_restart_completes_on_the_old_process() {
     assert_eq!(service.stop(), 0);
 }
 
+#[test]
+fn an_sse_stream_on_the_old_process_ends_with_its_final_event() {
+    let mut service = Service::start("sse", &[]);
+    let old = service.pid;
+    let mut conn = Conn::open(&service.addr).unwrap();
+    assert_eq!(conn.get("/pid").unwrap().body, old.to_string());
+    conn.send("/events").unwrap();
+    // The head and a first event: the stream is the old process's, and under way.
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("data: 0") {
+        line.clear();
+        assert!(conn.reader.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    let next = service.restart();
+    // Everything up to the server's close: a last `shutdown` event, then the chunked
+    // terminator, then a FIN (not a reset).
+    let mut rest = Vec::new();
+    conn.reader.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("event: shutdown"), "{rest}");
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "the stream ends cleanly: {rest:?}"
+    );
+    service.pid = next;
+    assert_eq!(service.stop(), 0);
+}
+
 impl Service {
     /// Sends the restart signal and waits for the successor to listen; its pid (the old
     /// generation is still draining).
