@@ -35,6 +35,9 @@
 //!    `READY=1`. The PID file was not touched, so it still names this process. A later
 //!    restart starts afresh.
 //!
+//! The successor must speak the handshake: a binary built without the `restart` feature (or
+//! without lastcall) never says ready, and is stopped at the timeout.
+//!
 //! A shutdown signal during a restart stops the successor (no orphan is left: it is killed
 //! at the latest as this process exits), then shuts down as usual.
 //!

@@ -722,6 +722,30 @@ fn systemd_hears_reloading_then_the_new_main_pid_and_ready() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn a_restart_is_refused_before_ready_and_during_a_shutdown() {
+    use lastcall::restart::RestartError;
+    let controller = lastcall::Controller::builder()
+        .ignore_env()
+        .continue_after_run()
+        .manual_readiness()
+        .build()
+        .unwrap();
+    let restarter = controller.restarter();
+    let refused = restarter.restart().await.unwrap_err();
+    assert!(matches!(refused, RestartError::NotReady), "{refused}");
+    assert!(!refused.is_failure());
+    controller.readiness().set_ready();
+    controller.trigger().trigger("test");
+    let refused = restarter.restart().await.unwrap_err();
+    assert!(matches!(refused, RestartError::ShuttingDown), "{refused}");
+    let report = controller.run_with_report().await;
+    assert!(
+        report.restarts_failed.is_empty(),
+        "refusals are not failures"
+    );
+}
+
 #[test]
 fn a_restart_signal_also_in_lastcall_signals_is_refused_at_start_up() {
     let output = Command::new(fixture())
