@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,7 +109,14 @@ async fn run() -> Result<ExitCode, Error> {
         println!("ready {pid}");
     });
     let report = controller.run_with_report().await;
-    println!("report {pid} {}", report.to_json());
+    // One write: every generation shares this stdout, and a line written in pieces (longer
+    // than stdout's buffer) could interleave with another generation's.
+    let line = format!("report {pid} {}\n", report.to_json());
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
     let _ = server.await;
     Ok(report.exit_code())
 }

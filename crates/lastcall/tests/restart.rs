@@ -176,7 +176,7 @@ impl Service {
     fn report(&self, pid: u32) -> Report {
         let line = self.line(&format!("report {pid} "));
         let json = line.splitn(3, ' ').nth(2).unwrap();
-        serde_json::from_str(json).unwrap()
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {line:?}"))
     }
 
     fn stderr(&self) -> String {
