@@ -603,6 +603,31 @@ impl Service {
 }
 
 #[test]
+fn a_restart_while_the_previous_generation_drains_is_refused() {
+    let mut service = Service::start("previous", &[]);
+    let old = service.pid;
+    let mut conn = Conn::open(&service.addr).unwrap();
+    assert_eq!(conn.get("/pid").unwrap().body, old.to_string());
+    // Holds the old generation's drain open.
+    conn.send("/slow?ms=5000").unwrap();
+    let next = service.restart_started();
+    service.line(&format!("ready {next}"));
+    service.logged("this one drains");
+    service.signal(next, Signal::SIGHUP);
+    service.logged(&format!(
+        "the previous generation (pid {old}) is still draining"
+    ));
+    assert_eq!(conn.answer().unwrap().body, old.to_string());
+    let report = service.report(old);
+    assert_eq!(service.reap(old), 0);
+    assert_eq!(report.trigger, TriggerCause::Restart { successor: next });
+    // Once it has exited, the next restart goes ahead.
+    service.pid = next;
+    assert_ne!(service.restart(), next);
+    assert_eq!(service.stop(), 0);
+}
+
+#[test]
 fn a_second_restart_signal_during_a_restart_changes_nothing() {
     let mut service = Service::start("second", &[("FIXTURE_READY_DELAY_MS", "1000")]);
     let old = service.pid;
