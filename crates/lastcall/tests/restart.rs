@@ -461,6 +461,7 @@ fn ten_restarts_under_load_fail_no_request_and_each_generation_exits_clean() {
         &failures[..failures.len().min(20)]
     );
     assert_eq!(served_by, 11, "every generation answered requests");
+    println!("10 restarts: {ok} requests answered, 0 failed");
     assert_eq!(service.stop(), 0);
 }
 
