@@ -10,7 +10,9 @@
 //! shutdown ends with a close frame 1001 "going away", and `/health/live` and `/health/ready`
 //! answer from the shutdown's state, `GET /stats` says what the worker and the scheduled task
 //! did. Under systemd it takes its socket from socket activation and reports readiness and
-//! each phase over `NOTIFY_SOCKET` (`deploy/systemd/`). SIGTERM and SIGINT start the shutdown: the worker stops claiming and the task stops
+//! each phase over `NOTIFY_SOCKET` (`deploy/systemd/`). SIGHUP restarts it without closing its
+//! socket (`lastcall::restart`): the binary on disk starts with the socket passed, and once it
+//! is ready this process drains. SIGTERM and SIGINT start the shutdown: the worker stops claiming and the task stops
 //! firing; a job or a task run under way is awaited, and a job still running at the deadline is
 //! handed back to the queue for the next start; the SQLite pool is closed last. The exit
 //! status tells how it went.
@@ -221,7 +223,8 @@ async fn start(
     db: &std::path::Path,
     pool: SqlitePool,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    // Under systemd: the socket from socket activation, and the notify protocol.
+    // Under systemd: the socket from socket activation, and the notify protocol; after a
+    // restart, the socket the previous generation passed.
     let listener = match lastcall::systemd::listener()? {
         Some(listener) => listener,
         None => {
@@ -235,6 +238,9 @@ async fn start(
                 })?
         }
     };
+    // A restart (SIGHUP) hands this socket to the new process, which takes it above as
+    // systemd's first passed fd.
+    controller.restart_listener("http", &listener)?;
     lastcall::systemd::notify(controller)?;
     let local = listener.local_addr().context("reading the bound address")?;
 

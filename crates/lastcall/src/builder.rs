@@ -24,6 +24,9 @@ use crate::{Budget, Controller, Signal};
 /// | `LASTCALL_SIGNALS` | [`Builder::signals`] | `SIGTERM,SIGINT` |
 /// | `LASTCALL_FORCE_EXIT` | [`Builder::force_exit`] | `never` |
 /// | `LASTCALL_REPORT_FILE` | [`Builder::report_file`] | none |
+/// | `LASTCALL_RESTART_SIGNAL` | `Builder::restart_signal` (feature `restart`) | `SIGHUP` |
+/// | `LASTCALL_RESTART_TIMEOUT` | `Builder::restart_timeout` (feature `restart`) | `30s` |
+/// | `LASTCALL_PID_FILE` | `Builder::pid_file` (feature `restart`) | none |
 ///
 /// Durations are human durations (`25s`, `1500ms`, `1m 30s`), at most a day. Reserves that are
 /// not set scale with the budget ([`Budget::from_settings`]), so a budget alone always works.
@@ -41,7 +44,7 @@ use crate::{Budget, Controller, Signal};
 /// let controller = Controller::builder()
 ///     .budget(Duration::from_secs(25))
 ///     .drain_delay(Duration::from_secs(5))
-///     .signals([Signal::Terminate, Signal::Interrupt, Signal::Hangup])
+///     .signals([Signal::Terminate, Signal::Interrupt, Signal::Quit])
 ///     .build()?;
 /// # drop(controller);
 /// # Ok(()) }
@@ -58,7 +61,17 @@ pub struct Builder {
     env: EnvSource,
     allowed: Vec<String>,
     report_file: Option<std::path::PathBuf>,
+    #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
+    restart_signal: Signal,
+    #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
+    restart_timeout: Duration,
+    #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
+    pid_file: Option<std::path::PathBuf>,
 }
+
+/// Variables of lastcall's own restart handshake, set for a successor by its predecessor:
+/// known, so never reported as unknown, and not settings.
+const PROTOCOL_VARIABLES: [&str; 2] = ["LASTCALL_RESTART_FD", "LASTCALL_RESTART_PARENT"];
 
 enum EnvSource {
     Process,
@@ -79,6 +92,9 @@ impl Builder {
             env: EnvSource::Process,
             allowed: Vec::new(),
             report_file: None,
+            restart_signal: Signal::Hangup,
+            restart_timeout: Duration::from_secs(30),
+            pid_file: None,
         }
     }
 
@@ -139,6 +155,33 @@ impl Builder {
     pub fn report_file(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
         self.report_file = Some(path.into());
         self.set(Setting::ReportFile)
+    }
+
+    /// The signal that restarts the service (`LASTCALL_RESTART_SIGNAL`, default `SIGHUP`, the
+    /// convention of systemd's `ExecReload=` and `Type=notify-reload`). It must not be one of
+    /// [`Builder::signals`]. See [`restart`](crate::restart). Needs the `restart` feature.
+    #[cfg(all(feature = "restart", unix))]
+    pub fn restart_signal(mut self, signal: Signal) -> Builder {
+        self.restart_signal = signal;
+        self.set(Setting::RestartSignal)
+    }
+
+    /// How long a restart waits for the new process to say it is ready before it is stopped
+    /// and this process goes on serving (`LASTCALL_RESTART_TIMEOUT`, default 30 s). Needs the
+    /// `restart` feature.
+    #[cfg(all(feature = "restart", unix))]
+    pub fn restart_timeout(mut self, timeout: Duration) -> Builder {
+        self.restart_timeout = timeout;
+        self.set(Setting::RestartTimeout)
+    }
+
+    /// A PID file (`LASTCALL_PID_FILE`): written at start-up with this process's id, and
+    /// rewritten atomically with the new process's id when a restart succeeds (a failed one
+    /// leaves it as it was). Needs the `restart` feature.
+    #[cfg(all(feature = "restart", unix))]
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
+        self.pid_file = Some(path.into());
+        self.set(Setting::PidFile)
     }
 
     /// Whether a watchdog thread ends the process at the hard deadline (default `true`).
@@ -247,6 +290,22 @@ impl Builder {
                 origin: self.origin(Setting::Signals),
             });
         }
+        #[cfg(all(feature = "restart", unix))]
+        if self.signals.contains(&self.restart_signal) {
+            return Err(ConfigError::RestartSignalConflict {
+                restart: self.restart_signal,
+                restart_origin: self.origin(Setting::RestartSignal),
+                signals: self.signals.clone(),
+                signals_origin: self.origin(Setting::Signals),
+            });
+        }
+        #[cfg(all(feature = "restart", unix))]
+        if self.restart_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                setting: Setting::RestartTimeout,
+                origin: self.origin(Setting::RestartTimeout),
+            });
+        }
         let set = |setting, value| (self.origin(setting) != Origin::Default).then_some(value);
         let budget = Budget::from_settings(
             self.budget.total,
@@ -281,11 +340,27 @@ impl Builder {
             runtime,
             self.report_file.clone(),
         ));
+        #[allow(unused_mut)]
+        let mut listened = self.signals.clone();
+        #[cfg(all(feature = "restart", unix))]
+        let restart = {
+            let state = crate::restart::State::start(
+                crate::restart::Config {
+                    signal: self.restart_signal,
+                    timeout: self.restart_timeout,
+                    pid_file: self.pid_file.clone(),
+                },
+                &shared,
+            )?;
+            let _ = shared.signal_hook.set(state.clone());
+            listened.push(self.restart_signal);
+            state
+        };
         let on_signal = {
             let shared = shared.clone();
             Arc::new(move |signal| shared.on_signal(signal))
         };
-        let listener = crate::signal::listen(&self.signals, on_signal).map_err(|e| match e {
+        let listener = crate::signal::listen(&listened, on_signal).map_err(|e| match e {
             crate::signal::ListenError::Signal(signal, source) => {
                 ConfigError::Signal { signal, source }
             }
@@ -300,7 +375,13 @@ impl Builder {
             force_exit = ?self.force,
             "shutdown controller ready"
         );
-        Ok(Controller::new(shared, listener, self.manual_readiness))
+        Ok(Controller::new(
+            shared,
+            listener,
+            self.manual_readiness,
+            #[cfg(all(feature = "restart", unix))]
+            restart,
+        ))
     }
 
     fn set(mut self, setting: Setting) -> Builder {
@@ -343,6 +424,7 @@ impl Builder {
             match Setting::from_env_name(&name) {
                 Some(setting) => settings.push((setting, name, value)),
                 None if self.allowed.contains(&name) => {}
+                None if PROTOCOL_VARIABLES.contains(&name.as_str()) => {}
                 // A near miss of a setting is a typo that would silently change nothing.
                 None => match Setting::closest(&name) {
                     Some(meant) => {
@@ -406,6 +488,32 @@ impl Builder {
                     });
                 }
                 self.report_file = Some(value.into());
+            }
+            #[cfg(all(feature = "restart", unix))]
+            Setting::RestartSignal => {
+                self.restart_signal = value.parse().map_err(|_| ConfigError::Invalid {
+                    setting,
+                    value: value.to_owned(),
+                    expected:
+                        "one of SIGHUP, SIGQUIT, SIGINT, SIGTERM (and not one of LASTCALL_SIGNALS)",
+                })?;
+            }
+            #[cfg(all(feature = "restart", unix))]
+            Setting::RestartTimeout => self.restart_timeout = duration(value)?,
+            #[cfg(all(feature = "restart", unix))]
+            Setting::PidFile => {
+                if value.trim().is_empty() {
+                    return Err(ConfigError::Invalid {
+                        setting,
+                        value: value.to_owned(),
+                        expected: "a file path, such as /run/orders.pid",
+                    });
+                }
+                self.pid_file = Some(value.into());
+            }
+            #[cfg(not(all(feature = "restart", unix)))]
+            Setting::RestartSignal | Setting::RestartTimeout | Setting::PidFile => {
+                return Err(ConfigError::RestartUnsupported { setting });
             }
             Setting::ForceExit => {
                 self.force = value.parse().map_err(|_| ConfigError::Invalid {

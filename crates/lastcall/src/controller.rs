@@ -80,6 +80,10 @@ pub struct Controller {
     steps: Mutex<Vec<Step>>,
     manual_readiness: bool,
     listener: crate::signal::Listener,
+    /// The restart's state (feature `restart`); the shared state hears its signal through
+    /// the same `Arc`, as a [`SignalHook`](crate::shutdown::SignalHook).
+    #[cfg(all(feature = "restart", unix))]
+    restart: Arc<crate::restart::State>,
 }
 
 impl Controller {
@@ -87,12 +91,15 @@ impl Controller {
         shared: Arc<Shared>,
         listener: crate::signal::Listener,
         manual_readiness: bool,
+        #[cfg(all(feature = "restart", unix))] restart: Arc<crate::restart::State>,
     ) -> Controller {
         Controller {
             shared,
             steps: Mutex::new(Vec::new()),
             manual_readiness,
             listener,
+            #[cfg(all(feature = "restart", unix))]
+            restart,
         }
     }
 
@@ -131,6 +138,56 @@ impl Controller {
     /// report's `rejected_while_draining`. See [`Rejections`].
     pub fn rejections(&self) -> Rejections {
         self.shared.rejections()
+    }
+
+    /// Registers a listener to hand to the new process at a restart, under `name` (its
+    /// `LISTEN_FDNAMES` name, which the new process looks up with
+    /// [`systemd::listener_named`](crate::systemd::listener_named)). Call it once per
+    /// listener, right after binding (or inheriting) it; the listener itself is not taken.
+    /// Needs the `restart` feature.
+    ///
+    /// lastcall keeps a duplicate of the fd until the shutdown begins, then lets it go, so a
+    /// listener `serve` closes at stop-accepting really closes.
+    ///
+    /// # Errors
+    ///
+    /// [`RestartError::Listener`](crate::restart::RestartError::Listener) when the name is
+    /// empty, longer than 255 bytes, not ASCII or holds a `:`, or the fd cannot be duplicated.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lastcall::systemd::Inherited;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let controller = lastcall::Controller::from_env()?;
+    /// // Inherited at a restart (or from systemd), bound on the first start.
+    /// let listener = match lastcall::systemd::listener_named("http")? {
+    ///     Some(Inherited::Tcp(tcp)) => tokio::net::TcpListener::from_std(tcp)?,
+    ///     _ => lastcall::http::listen(([127, 0, 0, 1], 3000).into())?,
+    /// };
+    /// controller.restart_listener("http", &listener)?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(all(feature = "restart", unix))]
+    pub fn restart_listener(
+        &self,
+        name: &str,
+        listener: &impl std::os::fd::AsFd,
+    ) -> Result<(), crate::restart::RestartError> {
+        crate::restart::register(self.restart_state(), name, listener)
+    }
+
+    /// A handle that restarts the service from code, as the restart signal does. Needs the
+    /// `restart` feature.
+    #[cfg(all(feature = "restart", unix))]
+    pub fn restarter(&self) -> crate::restart::Restarter {
+        crate::restart::Restarter::new(self.shared.clone(), self.restart_state().clone())
+    }
+
+    #[cfg(all(feature = "restart", unix))]
+    fn restart_state(&self) -> &Arc<crate::restart::State> {
+        &self.restart
     }
 
     /// Registers a step for the stop-accepting phase: close a listener, stop claiming jobs,
@@ -253,7 +310,12 @@ impl Controller {
         flow.record(Phase::NotReady, t0, PhaseOutcome::Completed);
 
         let started = flow.begin(Phase::DrainDelay);
-        let drained = flow.deadline(Phase::DrainDelay, started);
+        // After a restart the listeners stay open in the successor, which accepts: there is
+        // no balancer to wait for.
+        let drained = match shared.restarting() {
+            true => started,
+            false => flow.deadline(Phase::DrainDelay, started),
+        };
         // No timer for a zero drain delay: tokio rounds a deadline up to its next millisecond
         // tick, so even an elapsed one would hold stop-accepting back by up to a millisecond.
         if drained > started {
@@ -420,6 +482,7 @@ impl Flow<'_> {
             work_at_deadline,
             rejected_while_draining: self.shared.rejected(),
             closed_without_request: self.shared.closed_without_request(),
+            restarts_failed: self.shared.restarts_failed(),
             total: self.t0.elapsed(),
             exit,
             exit_code: exit.code(),

@@ -36,6 +36,12 @@ pub enum Setting {
     ForceExit,
     /// `LASTCALL_REPORT_FILE`, [`Builder::report_file`](crate::Builder::report_file).
     ReportFile,
+    /// `LASTCALL_RESTART_SIGNAL`, `Builder::restart_signal` (feature `restart`).
+    RestartSignal,
+    /// `LASTCALL_RESTART_TIMEOUT`, `Builder::restart_timeout` (feature `restart`).
+    RestartTimeout,
+    /// `LASTCALL_PID_FILE`, `Builder::pid_file` (feature `restart`).
+    PidFile,
 }
 
 /// Where a setting's value came from.
@@ -217,6 +223,45 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The restart signal is also one of the signals that start the shutdown: one signal
+    /// cannot mean both.
+    #[error("{} is {restart}, which is also in {} ({}): one signal cannot both restart and stop the service; remove {restart} from {} or set {} to a signal not in it", Named(Setting::RestartSignal, *restart_origin), Named(Setting::Signals, *signals_origin), signals.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","), Setting::Signals.env_name(), Setting::RestartSignal.env_name())]
+    RestartSignalConflict {
+        /// The restart signal.
+        restart: Signal,
+        /// Where the restart signal came from.
+        restart_origin: Origin,
+        /// The signals that start the shutdown.
+        signals: Vec<Signal>,
+        /// Where that set came from.
+        signals_origin: Origin,
+    },
+    /// A restart setting was given to a program built without the `restart` feature.
+    #[error("{setting} is set, but this program was built without lastcall's `restart` feature (unix only); unset {setting} or build with the feature")]
+    RestartUnsupported {
+        /// The setting given.
+        setting: Setting,
+    },
+    /// The restart handshake variables a predecessor passed are unusable (they are set by
+    /// lastcall for its successor, never by hand).
+    #[error("{variable}={value:?} is not a usable restart handshake: {problem}; this variable is set by lastcall for the new process at a restart, unset it")]
+    RestartHandshake {
+        /// `LASTCALL_RESTART_FD` or `LASTCALL_RESTART_PARENT`.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The PID file cannot be written at start-up.
+    #[error("{}={} cannot be written: {source}; point it at a writable path", Setting::PidFile.env_name(), path.display())]
+    PidFile {
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why it cannot be written.
+        #[source]
+        source: std::io::Error,
+    },
     /// The controller was built outside a tokio runtime, so it cannot listen for signals.
     #[error(
         "Builder::build must be called inside a tokio runtime (for example from #[tokio::main])"
@@ -245,6 +290,10 @@ impl ConfigError {
             ConfigError::ReportFile { .. } | ConfigError::ReportFileRefused { .. } => {
                 Some(Setting::ReportFile)
             }
+            ConfigError::RestartSignalConflict { .. } => Some(Setting::RestartSignal),
+            ConfigError::RestartUnsupported { setting } => Some(*setting),
+            ConfigError::PidFile { .. } => Some(Setting::PidFile),
+            ConfigError::RestartHandshake { .. } => None,
             ConfigError::NotUnicode { .. }
             | ConfigError::UnknownVariable { .. }
             | ConfigError::Thread { .. }
@@ -255,7 +304,7 @@ impl ConfigError {
 
 impl Setting {
     /// Every setting.
-    pub const ALL: [Setting; 8] = [
+    pub const ALL: [Setting; 11] = [
         Setting::Budget,
         Setting::DrainDelay,
         Setting::StopTimeout,
@@ -264,6 +313,9 @@ impl Setting {
         Setting::Signals,
         Setting::ForceExit,
         Setting::ReportFile,
+        Setting::RestartSignal,
+        Setting::RestartTimeout,
+        Setting::PidFile,
     ];
 
     /// The environment variable that sets it.
@@ -277,6 +329,9 @@ impl Setting {
             Setting::Signals => "LASTCALL_SIGNALS",
             Setting::ForceExit => "LASTCALL_FORCE_EXIT",
             Setting::ReportFile => "LASTCALL_REPORT_FILE",
+            Setting::RestartSignal => "LASTCALL_RESTART_SIGNAL",
+            Setting::RestartTimeout => "LASTCALL_RESTART_TIMEOUT",
+            Setting::PidFile => "LASTCALL_PID_FILE",
         }
     }
 
@@ -347,6 +402,9 @@ impl Setting {
             Setting::Signals => "Builder::signals",
             Setting::ForceExit => "Builder::force_exit",
             Setting::ReportFile => "Builder::report_file",
+            Setting::RestartSignal => "Builder::restart_signal",
+            Setting::RestartTimeout => "Builder::restart_timeout",
+            Setting::PidFile => "Builder::pid_file",
         }
     }
 
@@ -360,6 +418,9 @@ impl Setting {
             Setting::Signals => "SIGTERM,SIGINT",
             Setting::ForceExit => "never",
             Setting::ReportFile => "/dev/termination-log",
+            Setting::RestartSignal => "SIGHUP",
+            Setting::RestartTimeout => "30s",
+            Setting::PidFile => "/run/orders.pid",
         }
     }
 }

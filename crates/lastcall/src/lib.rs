@@ -77,6 +77,8 @@ pub mod http;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
 pub mod report;
+#[cfg(all(feature = "restart", unix))]
+pub mod restart;
 pub mod runtime;
 pub mod schedule;
 pub mod signal;

@@ -13,6 +13,9 @@
 //! | `lastcall_shutdown_cleanup_failures_total` | counter | `step`, `phase`, `outcome` |
 //! | `lastcall_shutdown_later_signals_total` | counter | |
 //! | `lastcall_shutdown_exit_code` | gauge | |
+//!
+//! A failed restart (feature `restart`) is counted as it happens, in
+//! `lastcall_restarts_failed_total` (counter, label `reason`: `spawn`, `exited`, `timeout`).
 
 use crate::report::{PhaseReport, Report, StepReport};
 use crate::Phase;

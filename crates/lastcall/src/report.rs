@@ -67,6 +67,10 @@ pub struct Report {
     pub exit: Exit,
     /// The outcome's exit status.
     pub exit_code: u8,
+    /// The restarts that failed before this shutdown (feature `restart`), each with its
+    /// reason, oldest first; this process kept serving through each of them.
+    #[serde(default)]
+    pub restarts_failed: Vec<String>,
 }
 
 /// Counts requests or claims turned away because the service is draining; the total is the
@@ -114,6 +118,13 @@ pub enum TriggerCause {
     Fatal {
         /// The reason given.
         reason: String,
+    },
+    /// A restart (feature `restart`): the successor said it was ready, and this process,
+    /// the old generation, drains (with no drain delay: the listeners stay open in the
+    /// successor).
+    Restart {
+        /// The successor's process id.
+        successor: u32,
     },
 }
 
@@ -255,6 +266,9 @@ impl fmt::Display for Report {
                 self.closed_without_request
             )?;
         }
+        for failed in &self.restarts_failed {
+            writeln!(f, "  restart failed earlier: {failed}")?;
+        }
         for later in &self.later_signals {
             writeln!(
                 f,
@@ -280,6 +294,7 @@ impl Report {
             TriggerCause::Signal { signal } => ("signal", signal.as_str()),
             TriggerCause::Requested { .. } => ("requested", "none"),
             TriggerCause::Fatal { .. } => ("fatal", "none"),
+            TriggerCause::Restart { .. } => ("restart", "none"),
         }
     }
 
@@ -346,6 +361,7 @@ impl fmt::Display for TriggerCause {
             TriggerCause::Signal { signal } => write!(f, "{signal}"),
             TriggerCause::Requested { reason } => write!(f, "requested: {reason}"),
             TriggerCause::Fatal { reason } => write!(f, "fatal: {reason}"),
+            TriggerCause::Restart { successor } => write!(f, "restart: successor pid {successor}"),
         }
     }
 }

@@ -16,6 +16,13 @@ use crate::signal::ForceExit;
 use crate::watchdog::{LastWords, Watchdog};
 use crate::{Exit, Health, Phase, Signal, Tracker};
 
+/// Hears the listened-for signals that are not shutdown signals: the restart (feature
+/// `restart`) implements it, so the shutdown knows nothing of it.
+pub(crate) trait SignalHook: Send + Sync + 'static {
+    /// Handles `signal` if it is this hook's, and says whether it was.
+    fn on_signal(self: Arc<Self>, shared: &Arc<Shared>, signal: Signal) -> bool;
+}
+
 /// A cloneable view of the shutdown, for the components that must react to it.
 ///
 /// It observes: which phase the shutdown is in, futures that resolve when a phase is reached,
@@ -106,6 +113,11 @@ pub(crate) struct Shared {
     observers: Mutex<Vec<PhaseObserver>>,
     /// The report up to the end of waiting for work, set as the flush-telemetry phase begins.
     so_far: Mutex<Option<crate::report::Report>>,
+    /// Why each failed restart failed, for the report.
+    restarts_failed: Mutex<Vec<String>>,
+    /// What hears the signals that do not start a shutdown (the restart's, feature
+    /// `restart`), set once when the controller is built.
+    pub(crate) signal_hook: std::sync::OnceLock<Arc<dyn SignalHook>>,
 }
 
 /// A callback run as each phase is entered: the phase, and the instant the budget ends.
@@ -305,6 +317,8 @@ impl Shared {
             current_step: Mutex::new(None),
             observers: Mutex::new(Vec::new()),
             so_far: Mutex::new(None),
+            restarts_failed: Mutex::new(Vec::new()),
+            signal_hook: std::sync::OnceLock::new(),
         }
     }
 
@@ -368,6 +382,11 @@ impl Shared {
 
     /// Called for every delivery of a listened-for signal.
     pub(crate) fn on_signal(self: &Arc<Self>, signal: Signal) {
+        if let Some(hook) = self.signal_hook.get() {
+            if hook.clone().on_signal(self, signal) {
+                return;
+            }
+        }
         let started = self.fire(TriggerCause::Signal { signal });
         if !started && signal == Signal::Interrupt && self.force == ForceExit::SecondInterrupt {
             crate::watchdog::forced_exit(self.clone());
@@ -376,6 +395,25 @@ impl Shared {
 
     pub(crate) fn first(&self) -> Option<First> {
         lock(&self.fired).first.clone()
+    }
+
+    /// Records a failed restart for the report.
+    #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
+    pub(crate) fn restart_failed(&self, reason: String) {
+        lock(&self.restarts_failed).push(reason);
+    }
+
+    pub(crate) fn restarts_failed(&self) -> Vec<String> {
+        lock(&self.restarts_failed).clone()
+    }
+
+    /// Whether the shutdown was started by a successful restart: the listeners stay open in
+    /// the successor, so there is nothing to drain away from and no backlog to take.
+    pub(crate) fn restarting(&self) -> bool {
+        lock(&self.fired)
+            .first
+            .as_ref()
+            .is_some_and(|first| matches!(first.cause, TriggerCause::Restart { .. }))
     }
 
     pub(crate) fn later_signals(&self) -> Vec<LaterSignal> {

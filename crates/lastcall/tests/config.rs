@@ -162,6 +162,8 @@ async fn signals_and_force_policy_parse_from_the_environment() {
 
     build_with(&[
         ("LASTCALL_SIGNALS", "term hup"),
+        // SIGHUP is the restart signal unless another one is chosen.
+        ("LASTCALL_RESTART_SIGNAL", "quit"),
         ("LASTCALL_FORCE_EXIT", "second-interrupt"),
     ])
     .expect("valid signal list and policy");
@@ -210,7 +212,57 @@ async fn a_signal_set_without_sigterm_is_refused_with_the_fix() {
     );
     let text = err.to_string();
     assert!(text.contains("\"SIGTERM,SIGHUP\""), "{text}");
-    build_with(&[("LASTCALL_SIGNALS", "SIGHUP,SIGTERM")]).expect("SIGTERM is in the set");
+    build_with(&[
+        ("LASTCALL_SIGNALS", "SIGHUP,SIGTERM"),
+        ("LASTCALL_RESTART_SIGNAL", "SIGQUIT"),
+    ])
+    .expect("SIGTERM is in the set");
+}
+
+#[tokio::test]
+async fn the_restart_signal_cannot_also_stop_the_service() {
+    let err = build_with(&[("LASTCALL_SIGNALS", "SIGTERM,SIGHUP")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::RestartSignalConflict {
+                restart: Signal::Hangup,
+                restart_origin: Origin::Default,
+                signals_origin: Origin::Env,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.setting(), Some(Setting::RestartSignal));
+    let text = err.to_string();
+    assert!(
+        text.contains("LASTCALL_RESTART_SIGNAL (default) is SIGHUP")
+            && text.contains("LASTCALL_SIGNALS (SIGTERM,SIGHUP)"),
+        "{text}"
+    );
+    let err = build_with(&[("LASTCALL_RESTART_TIMEOUT", "0s")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Zero {
+                setting: Setting::RestartTimeout,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = build_with(&[("LASTCALL_RESTART_SIGNAL", "SIGUSR1")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                setting: Setting::RestartSignal,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

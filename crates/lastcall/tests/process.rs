@@ -579,7 +579,14 @@ fn a_fatal_trigger_exits_1_after_a_clean_shutdown() {
 
 #[test]
 fn a_configured_sighup_starts_the_shutdown() {
-    let fixture = Fixture::ready(&[], &[("LASTCALL_SIGNALS", "SIGHUP,SIGTERM")]);
+    // SIGHUP is the restart signal (feature `restart`) unless another one is chosen.
+    let fixture = Fixture::ready(
+        &[],
+        &[
+            ("LASTCALL_SIGNALS", "SIGHUP,SIGTERM"),
+            ("LASTCALL_RESTART_SIGNAL", "SIGQUIT"),
+        ],
+    );
     fixture.signal(NixSignal::SIGHUP);
     let ended = fixture.wait();
     assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);

@@ -15,6 +15,9 @@ mod process;
 mod http;
 // `http::serve` in a real process with real signals: slow and half-open clients.
 mod serve;
+// The restart (feature `restart`): generations of a real process under load, real SIGHUPs.
+#[cfg(target_os = "linux")]
+mod restart;
 // gRPC through a shutdown with a real tonic client (feature `tonic`).
 mod grpc;
 // The OpenTelemetry flush step, with the OTLP/HTTP exporter and an in-test receiver.

@@ -171,6 +171,12 @@ pub(super) async fn connection<L, S, B>(
                         HEAD_GRACE.min(config.header_read_timeout.saturating_sub(reading))
                     }
                     None if requests == 0 => config.linger,
+                    // After a restart the client of an idle keep-alive connection may be
+                    // writing its next request right now, and no balancer moved it away:
+                    // that request is answered here, bounded as the linger.
+                    None if shutdown.shared.restarting() => {
+                        config.idle_close_delay.max(config.linger)
+                    }
                     None => config.idle_close_delay,
                 };
                 let mut until = now + wait;

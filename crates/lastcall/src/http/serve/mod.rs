@@ -38,6 +38,10 @@ use connection::{connection, Arrival};
 /// Needs the `http` feature.
 ///
 /// - During the drain delay everything is served normally.
+/// - After a restart (feature `restart`) the listener stays open in the new process: the
+///   backlog is left to it, and an idle keep-alive connection waits (bounded by the larger of
+///   [`ServeConfig::idle_close_delay`] and [`ServeConfig::linger`]) for its next request,
+///   answered with `Connection: close`.
 /// - At stop-accepting the listener closes (new connections are refused, which balancers
 ///   retry elsewhere); connections already waiting in the kernel's accept queue are accepted
 ///   first and their request answered with `Connection: close`, where closing the listener
@@ -156,13 +160,17 @@ where
         }
     }
     // Connections the kernel completed but nobody accepted yet would be reset when the listener
-    // closes: accept them now and answer their first request with `Connection: close`.
+    // closes: accept them now and answer their first request with `Connection: close`. After
+    // a restart the listener stays open in the new process, which accepts them.
     let mut late = builder.clone();
     late.http1().keep_alive(false);
     let mut backlog = 0usize;
-    while let Ok(Ok((stream, peer))) =
-        tokio::time::timeout(Duration::ZERO, listener.accept_one()).await
-    {
+    while !shutdown.shared.restarting() {
+        let Ok(Ok((stream, peer))) =
+            tokio::time::timeout(Duration::ZERO, listener.accept_one()).await
+        else {
+            break;
+        };
         backlog += 1;
         L::prepare(&stream);
         connections.spawn(connection::<L, S, B>(
