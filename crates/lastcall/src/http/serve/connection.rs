@@ -81,30 +81,14 @@ pub(super) async fn connection<L, S, B>(
     let stop = shutdown.token(Phase::StopAccepting).cancelled_owned();
     // `Shutdown::cut`'s phase.
     let cut = shutdown.token(Phase::FlushTelemetry).cancelled_owned();
+    // Elapsed: the first decision comes right after hyper's first look at the socket, which
+    // serves a request already there, as it does for a connection whose task starts late
+    // (after the wait deadline, say).
     let timer = tokio::time::sleep_until(accepted);
     tokio::pin!(conn, stop, cut, timer);
     let mut stopped = false;
-    let closed = loop {
-        let moment = Moment {
-            now: Instant::now(),
-            phase: shutdown.phase(),
-            wait_deadline: shutdown.deadline(Phase::WaitForWork),
-        };
-        let or_request = match timeouts.next(moment, state.counters(crate::clock::read())) {
-            Action::Sleep { until, or_request } => {
-                if timer.deadline() != until {
-                    timer.as_mut().reset(until);
-                }
-                or_request
-            }
-            Action::GracefulShutdown => {
-                // HTTP/1: close if idle, else finish the current exchange with `Connection:
-                // close`. HTTP/2: GOAWAY, then finish the open streams.
-                conn.as_mut().graceful_shutdown();
-                continue;
-            }
-            Action::Close(close) => break Some(close),
-        };
+    let mut or_request = false;
+    let closed = 'conn: loop {
         tokio::select! {
             biased;
             ended = conn.as_mut() => {
@@ -118,6 +102,31 @@ pub(super) async fn connection<L, S, B>(
             () = &mut cut, if stopped => {}
             () = &mut timer => {}
             () = state.request_started.notified(), if or_request => {}
+        }
+        loop {
+            let moment = Moment {
+                now: Instant::now(),
+                phase: shutdown.phase(),
+                wait_deadline: shutdown.deadline(Phase::WaitForWork),
+            };
+            match timeouts.next(moment, state.counters(crate::clock::read())) {
+                Action::Sleep {
+                    until,
+                    or_request: on_request,
+                } => {
+                    if timer.deadline() != until {
+                        timer.as_mut().reset(until);
+                    }
+                    or_request = on_request;
+                    break;
+                }
+                Action::GracefulShutdown => {
+                    // HTTP/1: close if idle, else finish the current exchange with
+                    // `Connection: close`. HTTP/2: GOAWAY, then finish the open streams.
+                    conn.as_mut().graceful_shutdown();
+                }
+                Action::Close(close) => break 'conn Some(close),
+            }
         }
     };
     match closed {
