@@ -3,6 +3,7 @@
 # does: each bench-server mode runs under valgrind's callgrind while wrk loads it on loopback
 # for a few seconds; instructions (user space, counted from the moment the server listens, so
 # startup is left out) / requests answered.
+# A mode may name another build of the server: MODE@PATH (e.g. drain@/tmp/bench-server-old).
 #   bash bench/instructions.sh [seconds=6] [modes="axum plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,22 +19,27 @@ tmp=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-for mode in $modes; do
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/$mode.cg" "$bin" "$mode" >"$tmp/$mode.out" 2>"$tmp/$mode.err" &
+n=0
+for spec in $modes; do
+  mode=${spec%%@*} server=$bin
+  [[ $spec == *@* ]] && server=${spec#*@}
+  n=$((n + 1))
+  out="$tmp/$n"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out.cg" "$server" "$mode" >"$out.out" 2>"$out.err" &
   pid=$!
   for _ in $(seq 1 300); do
-    grep -q '^listening on ' "$tmp/$mode.out" && break
+    grep -q '^listening on ' "$out.out" && break
     sleep 0.1
   done
-  addr=$(sed -n 's/^listening on //p' "$tmp/$mode.out")
-  [ -n "$addr" ] || { echo "bench-server $mode did not start under valgrind" >&2; exit 1; }
+  addr=$(sed -n 's/^listening on //p' "$out.out")
+  [ -n "$addr" ] || { echo "bench-server $spec did not start under valgrind" >&2; exit 1; }
   callgrind_control --instr=on "$pid" >/dev/null 2>&1
-  wrk -t1 -c8 -d"${seconds}s" "http://$addr/" >"$tmp/$mode.wrk"
+  wrk -t1 -c8 -d"${seconds}s" "http://$addr/" >"$out.wrk"
   kill -TERM "$pid"
   wait "$pid" || true
   pid=
-  requests=$(awk '/requests in/ {print $1}' "$tmp/$mode.wrk")
-  total=$(awk '/^summary:/ {print $2}' "$tmp/$mode.cg")
-  awk -v m="$mode" -v r="$requests" -v t="$total" \
+  requests=$(awk '/requests in/ {print $1}' "$out.wrk")
+  total=$(awk '/^summary:/ {print $2}' "$out.cg")
+  awk -v m="$spec" -v r="$requests" -v t="$total" \
     'BEGIN { printf "%-6s requests %d, instructions %d, per request %.0f\n", m, r, t, t / r }'
 done

@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
-# Throughput and p99 of a hello-world handler served by lastcall's server with and without the
-# DrainLayer, measured with wrk on loopback, alternating A/B in one run.
+# Throughput and p99 of the same hello-world handler served by two bench-server modes
+# (default: lastcall's server without and with the DrainLayer; `"axum drain"` compares
+# `axum::serve` + `with_graceful_shutdown` with `serve` + `DrainLayer`), measured with wrk on
+# loopback, alternating A/B in one run; the summary is B/A.
 # With PIN=1 each server runs one tokio worker on CPU 1 and wrk runs on CPU 0, so the server's
 # CPU is the bottleneck and the scheduler's placement does not swing the figures.
-#   bash bench/throughput.sh [rounds=3] [seconds=5] [connections=32]
+# With HAPROXY=1 wrk goes through a fresh HAProxy (keep-alive both sides) in front of each
+# server, as in production; not with PIN=1.
+# A mode may name another build of the server: MODE@PATH (e.g. drain@/tmp/bench-server-old).
+#   bash bench/throughput.sh [rounds=3] [seconds=5] [connections=32] [modes="plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 seconds=${2:-5}
 connections=${3:-32}
+read -r -a modes <<<"${4:-plain drain}"
+((${#modes[@]} == 2)) || { echo "modes must be two bench-server modes, like \"axum drain\"" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+haproxy=${HAPROXY:-0}
+if [ "$haproxy" = 1 ]; then
+  command -v haproxy >/dev/null || { echo "haproxy is missing: apt-get install haproxy" >&2; exit 1; }
+  [ "${PIN:-0}" = 1 ] && { echo "HAPROXY=1 and PIN=1 do not go together" >&2; exit 2; }
+fi
 cargo build -q --release -p lastcall-bench
-bin=${CARGO_TARGET_DIR:-target}/release/bench-server
+default_bin=${CARGO_TARGET_DIR:-target}/release/bench-server
 tmp=$(mktemp -d)
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$tmp"; }
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$tmp/haproxy.pid" ] && kill "$(cat "$tmp/haproxy.pid")" 2>/dev/null || true
+  rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 server_cpu=() client_cpu=()
@@ -24,14 +40,18 @@ if [ "${PIN:-0}" = 1 ]; then
   export TOKIO_WORKER_THREADS=1
 fi
 
-start() { # mode -> sets pid and addr
-  "${server_cpu[@]}" "$bin" "$1" >"$tmp/$1.out" 2>"$tmp/$1.err" &
+start() { # mode[@binary] -> sets pid and addr
+  local mode=${1%%@*} bin=$default_bin
+  [[ $1 == *@* ]] && bin=${1#*@}
+  rm -f "$tmp/server.out"
+  "${server_cpu[@]}" "$bin" "$mode" >"$tmp/server.out" 2>"$tmp/server.err" &
   pid=$!
   pids+=("$pid")
   for _ in $(seq 1 200); do
-    if grep -q '^listening on ' "$tmp/$1.out"; then
-      addr=$(sed -n 's/^listening on //p' "$tmp/$1.out")
-      return
+    if grep -q '^listening on ' "$tmp/server.out"; then
+      addr=$(sed -n 's/^listening on //p' "$tmp/server.out")
+      if [ "$haproxy" = 1 ]; then front "$addr"; fi
+      return 0
     fi
     sleep 0.02
   done
@@ -39,7 +59,37 @@ start() { # mode -> sets pid and addr
   exit 1
 }
 
+front() { # server address -> starts HAProxy in front of it, sets addr to HAProxy's
+  cat >"$tmp/haproxy.cfg" <<CFG
+global
+  maxconn 4096
+  pidfile $tmp/haproxy.pid
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+backend server
+  server s $1
+frontend front
+  bind 127.0.0.1:18190
+  default_backend server
+CFG
+  haproxy -D -f "$tmp/haproxy.cfg"
+  for _ in $(seq 1 200); do
+    curl -fs -o /dev/null "http://127.0.0.1:18190/" && { addr=127.0.0.1:18190; return; }
+    sleep 0.02
+  done
+  echo "haproxy did not start" >&2
+  exit 1
+}
+
 stop() { # pid
+  if [ -f "$tmp/haproxy.pid" ]; then
+    kill "$(cat "$tmp/haproxy.pid")" 2>/dev/null || true
+    rm -f "$tmp/haproxy.pid"
+  fi
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
@@ -47,10 +97,13 @@ stop() { # pid
 # A fresh pair of processes every round, in alternating order: a process's memory layout
 # (address randomisation, code alignment) is fixed when it starts and can favour one side by
 # 10 % or more for its whole life, so only fresh processes average it out.
-echo "wrk -t1 -c$connections -d${seconds}s, $rounds rounds, fresh processes, alternating"
+via=direct
+[ "$haproxy" = 1 ] && via="through HAProxy"
+echo "wrk -t1 -c$connections -d${seconds}s $via, $rounds rounds, fresh processes, alternating"
+a=${modes[0]} b=${modes[1]}
 for ((round = 1; round <= rounds; round++)); do
-  order="plain drain"
-  ((round % 2)) || order="drain plain"
+  order="$a $b"
+  ((round % 2)) || order="$b $a"
   for mode in $order; do
     start "$mode"
     "${client_cpu[@]}" wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://$addr/" >"$tmp/wrk.txt"
@@ -63,7 +116,7 @@ for ((round = 1; round <= rounds; round++)); do
   done
 done
 # p99 as wrk prints it (750.00us, 1.15ms, 2.01s) in microseconds; the median of the rounds'.
-awk 'function us(v) {
+awk -v a="$a" -v b="$b" 'function us(v) {
        if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1e6
        return v + 0 }
      function median(mode,   i, j, t, k) {
@@ -73,6 +126,6 @@ awk 'function us(v) {
        return k % 2 ? p99[mode, (k + 1) / 2] : (p99[mode, k / 2] + p99[mode, k / 2 + 1]) / 2 }
      {sum[$1] += $2; n[$1]++; p99[$1, n[$1]] = us($3)}
      END {
-       p = sum["plain"] / n["plain"]; d = sum["drain"] / n["drain"];
-       printf "mean rps: plain %.0f, drain %.0f; drain/plain = %.3f; median p99: plain %.0f us, drain %.0f us\n",
-         p, d, d / p, median("plain"), median("drain") }' "$tmp/all.txt"
+       p = sum[a] / n[a]; d = sum[b] / n[b];
+       printf "mean rps: %s %.0f, %s %.0f; %s/%s = %.3f; median p99: %s %.0f us, %s %.0f us\n",
+         a, p, b, d, b, a, d / p, a, median(a), b, median(b) }' "$tmp/all.txt"

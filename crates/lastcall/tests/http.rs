@@ -206,6 +206,30 @@ async fn fetch(addr: SocketAddr, path: &str) -> Answer {
     read_answer(&mut stream).await
 }
 
+/// Waits until `serve` has stopped accepting: the phase has been reached and a new connection
+/// is refused, so the listener is closed and the connections it had were woken by the stop
+/// before it (the same wake-up).
+async fn until_stopped_accepting(server: &Server) {
+    while server.shutdown.phase() < Phase::StopAccepting {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match TcpStream::connect(server.addr).await {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+                // Queued as the listener closed (reset with it), or taken from the backlog
+                // (closed without a request after its grace): not closed yet.
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                Ok(probe) => drop(probe),
+                Err(e) => panic!("connect: {e}"),
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the listener closed");
+}
+
 /// Asserts the server closes the connection with FIN (a clean end of stream), not a reset.
 async fn assert_closed_cleanly(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
     let mut byte = [0u8; 1];
@@ -636,10 +660,7 @@ async fn a_request_sent_on_a_connection_opened_just_before_stop_accepting_is_ser
         tokio::task::yield_now().await;
     }
     server.trigger.clone().trigger("test");
-    while server.shutdown.phase() < Phase::StopAccepting {
-        tokio::task::yield_now().await;
-    }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until_stopped_accepting(&server).await;
     // The request goes out after stop-accepting began: it is answered, not cut.
     fresh
         .write_all(b"POST /orders/1 HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n")
@@ -667,10 +688,7 @@ async fn with_an_idle_close_delay_the_next_request_on_an_idle_connection_is_answ
     send(&mut pooled, "/orders/1").await;
     assert_eq!(read_answer(&mut pooled).await.status, 200);
     server.trigger.clone().trigger("test");
-    while server.shutdown.phase() < Phase::StopAccepting {
-        tokio::task::yield_now().await;
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_stopped_accepting(&server).await;
     // Its next request, a POST a balancer could not retry, is answered, then the connection
     // closes cleanly; without the delay it would have been closed under the request.
     pooled

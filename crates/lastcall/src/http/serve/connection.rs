@@ -1,6 +1,6 @@
-//! One connection's life: hyper serves it, and this task ends it at the shutdown (keep-alive
-//! off, GOAWAY, a half-read head closed after its grace), enforces the header-read and idle
-//! timeouts, and counts its requests in flight.
+//! One connection's life: hyper serves it, and its task carries out what [`Timeouts`] decides
+//! (keep-alive off or GOAWAY at the shutdown, a half-read head closed after its grace, the
+//! header-read and idle timeouts), and counts its requests in flight.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,22 +15,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::linger::Lingering;
+use super::timeouts::{Action, Close, Counters, Limits, Moment, Timeouts};
 use super::{Listener, Served};
 use crate::http::body::Guarded;
 use crate::step::BoxError;
 use crate::{Phase, WorkKind};
-
-/// How long a request head half read at stop-accepting may take to complete, at most (less
-/// when its header-read timeout has less left): a client that trickles its head cannot hold
-/// the shutdown.
-const HEAD_GRACE: Duration = Duration::from_secs(1);
-
-/// How long before the wait-for-work deadline a connection that only waits for a request is
-/// closed, so that it is never counted as work cut there.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 pub(super) async fn connection<L, S, B>(
     stream: L::Io,
@@ -74,182 +68,91 @@ pub(super) async fn connection<L, S, B>(
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    tokio::pin!(conn);
-    let stop = shutdown.reached(Phase::StopAccepting);
-    let cut = shutdown.cut();
-    // One timer per connection, for the idle and header-read timeouts: it fires at least twice
-    // per header-read timeout, so a head that is not complete in time is refused between 1 and
-    // 1.5 timeouts after its first byte.
-    let tick = config
-        .idle_timeout
-        .min(config.header_read_timeout / 2)
-        .max(Duration::from_millis(10));
-    let timer = tokio::time::sleep(tick);
-    tokio::pin!(stop, cut, timer);
-    // A connection taken from the backlog after stop-accepting has keep-alive off already; a
-    // graceful shutdown now would close it before its request is read.
-    let mut draining = arrival == Arrival::AfterStop;
-    let mut registered = false;
-    // Set at stop-accepting while waiting for a next request (see below): until when, and
-    // how many requests the connection had had.
-    let mut next_wait: Option<(tokio::time::Instant, u64)> = None;
-    // For a connection taken from the backlog after stop-accepting: until when it may take to
-    // send its first request.
-    let mut first_request_by: Option<tokio::time::Instant> = None;
-    // Not `select!`: that would poll the two phase futures and the timer at every wake of the
-    // connection, and a phase future's poll takes the lock of a `Notify` that every
-    // connection shares. They are polled once, to register this task's waker (which a task
-    // keeps for its life), and then read through the shutdown's atomic phase and the timer's
-    // state, polled again only when they fire.
-    std::future::poll_fn(|cx| loop {
-        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
-            if let Err(error) = ended {
-                tracing::debug!(?peer, %error, "connection ended with an error");
+    let limits = Limits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        linger: config.linger,
+        idle_close_delay: config.idle_close_delay,
+    };
+    let accepted = Instant::now();
+    let mut timeouts = Timeouts::new(limits, arrival, accepted);
+    // `select!` polls every branch at each wake of the connection, about once a request. The
+    // phase futures are of child tokens, whose locks only this connection takes; the shared
+    // token's would be taken by every connection at every wake.
+    let stop = shutdown.token(Phase::StopAccepting).cancelled_owned();
+    // `Shutdown::cut`'s phase.
+    let cut = shutdown.token(Phase::FlushTelemetry).cancelled_owned();
+    // Elapsed: the first decision comes right after hyper's first look at the socket, which
+    // serves a request already there, as it does for a connection whose task starts late
+    // (after the wait deadline, say).
+    let timer = tokio::time::sleep_until(accepted);
+    tokio::pin!(conn, stop, cut, timer);
+    let mut stopped = false;
+    let mut or_request = false;
+    let closed = 'conn: loop {
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(?peer, %error, "connection ended with an error");
+                }
+                break None;
             }
-            return Poll::Ready(());
+            () = &mut stop, if !stopped => stopped = true,
+            // The cut comes after the stop: until then, one phase future to poll, not two.
+            () = &mut cut, if stopped => {}
+            () = &mut timer => {}
+            () = state.request_started.notified(), if or_request => {}
         }
-        if !registered {
-            registered = true;
-            let _ = stop.as_mut().poll(cx);
-            let _ = cut.as_mut().poll(cx);
-            let _ = timer.as_mut().poll(cx);
+        loop {
+            let moment = Moment {
+                now: Instant::now(),
+                phase: shutdown.phase(),
+                wait_deadline: shutdown.deadline(Phase::WaitForWork),
+                restart: shutdown.shared.restarting(),
+            };
+            match timeouts.next(moment, state.counters(crate::clock::read())) {
+                Action::Sleep {
+                    until,
+                    or_request: on_request,
+                } => {
+                    if timer.deadline() != until {
+                        timer.as_mut().reset(until);
+                    }
+                    or_request = on_request;
+                    break;
+                }
+                Action::GracefulShutdown => {
+                    // HTTP/1: close if idle, else finish the current exchange with
+                    // `Connection: close`. HTTP/2: GOAWAY, then finish the open streams.
+                    conn.as_mut().graceful_shutdown();
+                }
+                Action::Close(close) => break 'conn Some(close),
+            }
         }
-        let phase = shutdown.phase();
-        if phase >= Phase::FlushTelemetry {
+    };
+    match closed {
+        None => {}
+        Some(Close::WithoutRequest) => {
+            // hyper ignores a graceful shutdown before a whole head is read (and before its
+            // first request, it would cancel the connection): closed here, through the
+            // socket's polite close, as a connection without a request.
+            tracing::debug!(?peer, "no whole request after its grace; closing");
+            state.closed_in_head.store(true, Ordering::Relaxed);
+        }
+        Some(Close::HeadTimeout) => {
+            tracing::debug!(?peer, "request head not complete in time; closing");
+        }
+        Some(Close::Deadline) => {
             tracing::warn!(
                 ?peer,
                 "connection still open at the wait deadline; closing it"
             );
-            return Poll::Ready(());
         }
-        if arrival == Arrival::AfterStop
-            && state.requests.load(Ordering::Relaxed) == 0
-            && state.in_flight.load(Ordering::Relaxed) == 0
-        {
-            // Taken from the backlog and still without a whole request (silent, or trickling
-            // its head): the same grace as a head half read at the stop, then closed without
-            // a request, which hyper would not do before its first request.
-            let now = tokio::time::Instant::now();
-            let until = *first_request_by.get_or_insert_with(|| {
-                let until = now + HEAD_GRACE.min(config.linger);
-                match shutdown.deadline(Phase::WaitForWork) {
-                    Some(deadline) => {
-                        until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now))
-                    }
-                    None => until,
-                }
-            });
-            if now >= until {
-                tracing::debug!(?peer, "no request after its grace; closing");
-                state.closed_in_head.store(true, Ordering::Relaxed);
-                return Poll::Ready(());
-            }
-            if timer.deadline() > until {
-                timer.as_mut().reset(until);
-                let _ = timer.as_mut().poll(cx);
-            }
-        }
-        if phase >= Phase::StopAccepting && !draining {
-            // An HTTP/1 connection with no request in flight is not closed at once when
-            // - it has not had a request yet: a client that connected just before the stop
-            //   may have its first one on the wire, and hyper would cancel a connection that
-            //   has not read enough to tell HTTP/1 from HTTP/2, closing it under that request
-            //   (a reset, for data already in the socket);
-            // - a request head is half read: hyper would close it as idle;
-            // - `idle_close_delay` asks to wait for the client's next request.
-            // It waits for the next request, for at most the linger (the delay for the last
-            // case), then closes as below; that request is answered with `Connection: close`.
-            let requests = state.requests.load(Ordering::Relaxed);
-            let now = tokio::time::Instant::now();
-            let (until, requests_at_stop) = *next_wait.get_or_insert_with(|| {
-                // (Connections accepted after the stop start out draining: not here.)
-                let wait = match state.reading_head_for(crate::clock::read()) {
-                    // A head half read gets a short grace, never more than its header-read
-                    // timeout has left: a client that trickles its head cannot hold the
-                    // shutdown.
-                    Some(reading) => {
-                        HEAD_GRACE.min(config.header_read_timeout.saturating_sub(reading))
-                    }
-                    None if requests == 0 => config.linger,
-                    // After a restart the client of an idle keep-alive connection may be
-                    // writing its next request right now, and no balancer moved it away:
-                    // that request is answered here, bounded as the linger.
-                    None if shutdown.shared.restarting() => {
-                        config.idle_close_delay.max(config.linger)
-                    }
-                    None => config.idle_close_delay,
-                };
-                let mut until = now + wait;
-                // A connection that waits for a request is not work: it must not still be
-                // open at the wait-for-work deadline, where it would count as work cut.
-                if let Some(deadline) = shutdown.deadline(Phase::WaitForWork) {
-                    until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
-                }
-                (until, requests)
-            });
-            let waiting = now < until
-                && requests == requests_at_stop
-                && state.in_flight.load(Ordering::Relaxed) == 0
-                && !state.no_heads.load(Ordering::Relaxed);
-            if !waiting {
-                if state.in_flight.load(Ordering::Relaxed) == 0
-                    && state.reading_head_for(crate::clock::read()).is_some()
-                {
-                    // hyper ignores a graceful shutdown while a head is half read, and would
-                    // keep the connection until its header-read timeout: close it here, through
-                    // the socket's polite close, as a connection without a request.
-                    tracing::debug!(
-                        ?peer,
-                        "request head still incomplete after its grace; closing"
-                    );
-                    state.closed_in_head.store(true, Ordering::Relaxed);
-                    return Poll::Ready(());
-                }
-                draining = true;
-                // HTTP/1: close if idle, else finish the current exchange with `Connection:
-                // close`. HTTP/2: GOAWAY, then finish the open streams.
-                conn.as_mut().graceful_shutdown();
-                continue;
-            }
-            if timer.deadline() > until {
-                timer.as_mut().reset(until);
-                let _ = timer.as_mut().poll(cx);
-            }
-        }
-        if !timer.is_elapsed() {
-            return Poll::Pending;
-        }
-        let now = crate::clock::read();
-        let quiet = Duration::from_nanos(now.saturating_sub(state.last_io.load(Ordering::Relaxed)));
-        let next = tick.min(config.idle_timeout.saturating_sub(quiet));
-        let mut at = tokio::time::Instant::now() + next.max(Duration::from_millis(10));
-        if let (Some((until, _)), false) = (next_wait, draining) {
-            at = at.min(until);
-        }
-        timer.as_mut().reset(at);
-        let _ = timer.as_mut().poll(cx);
-        if let Some(reading) = state.reading_head_for(now) {
-            if reading >= config.header_read_timeout {
-                tracing::debug!(
-                    ?peer,
-                    reading_ms = reading.as_millis() as u64,
-                    "request head not complete in time; closing"
-                );
-                return Poll::Ready(());
-            }
-        }
-        if quiet >= config.idle_timeout && !draining {
-            tracing::debug!(
-                ?peer,
-                quiet_ms = quiet.as_millis() as u64,
-                "closing an idle connection"
-            );
-            draining = true;
-            conn.as_mut().graceful_shutdown();
-        }
-    })
-    .await;
-    if (next_wait.is_some() || first_request_by.is_some())
+    }
+    // hyper's connection, and with it the socket, whose polite close reads `closed_in_head`,
+    // is dropped when this function returns.
+    if timeouts.waited_for_request()
         && (state.closed_in_head.load(Ordering::Relaxed)
             || state.requests.load(Ordering::Relaxed) == 0)
     {
@@ -257,16 +160,18 @@ pub(super) async fn connection<L, S, B>(
     }
 }
 
-/// What a connection's socket, its service and its loop share; only that connection's task
-/// touches it.
+/// What a connection's socket, its service and its task share. The socket is read and
+/// written, and the service called, on the connection's task; but an HTTP/2 stream's response
+/// (and so its [`InFlight`], dropped with the body's last frame) runs on a task of its own,
+/// hence atomics, and the [`Notify`] through which a request wakes the connection's task.
 ///
 /// The header-read timeout is kept here rather than by hyper: hyper's arms a timer for every
 /// request (on a keep-alive connection from the end of the previous response) and polls the
 /// read side once more per request to check it, which measured at about 1,100 instructions per
 /// request, a tenth of the server's own work. Here a head's first byte is stamped by the
 /// socket's read, the service's call (the head is complete) clears it, and the connection's
-/// periodic timer compares. A head starts only when no request is in flight: bytes read while
-/// one is (its body, a pipelined request) are not a new head.
+/// periodic check ([`Timeouts`]) compares. A head starts only when no request is in flight:
+/// bytes read while one is (its body, a pipelined request) are not a new head.
 pub(super) struct ConnState {
     /// When a byte was last read or written, on the coarse clock, for the idle timeout.
     pub(super) last_io: AtomicU64,
@@ -281,6 +186,9 @@ pub(super) struct ConnState {
     /// Closed by the shutdown with a head half read: not work, so its polite close is not
     /// tracked.
     pub(super) closed_in_head: AtomicBool,
+    /// Notified when a request's head has been read, for the task waiting at stop-accepting
+    /// for a next request (a permit left by an earlier request only costs it a look).
+    request_started: Notify,
 }
 
 impl ConnState {
@@ -292,6 +200,7 @@ impl ConnState {
             requests: AtomicU64::new(0),
             no_heads: AtomicBool::new(false),
             closed_in_head: AtomicBool::new(false),
+            request_started: Notify::new(),
         }
     }
 
@@ -314,7 +223,19 @@ impl ConnState {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.request_started.notify_one();
         InFlight(self.clone())
+    }
+
+    /// The counters the timeouts decide on, at `now` on the coarse clock.
+    fn counters(&self, now: u64) -> Counters {
+        Counters {
+            requests: self.requests.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            no_heads: self.no_heads.load(Ordering::Relaxed),
+            reading_head: self.reading_head_for(now),
+            quiet: Duration::from_nanos(now.saturating_sub(self.last_io.load(Ordering::Relaxed))),
+        }
     }
 
     /// How long the head being read has taken so far, if one is.

@@ -2,7 +2,9 @@
 //!
 //! - `mod.rs`: the accept loop ([`serve`]): it stops at stop-accepting, takes the connections
 //!   already in the kernel's queue, and waits for every connection to close;
-//! - `connection.rs`: one connection's life and timeouts;
+//! - `connection.rs`: one connection's task, a `select!` over hyper's connection, the phases and
+//!   a timer, and the counters its socket and service keep;
+//! - `timeouts.rs`: what that task does when, as a pure state machine (`Timeouts`);
 //! - `linger.rs`: the polite close (FIN, then read until the client's FIN);
 //! - `listener.rs`: what connections come from ([`Listener`], [`listen`]);
 //! - `config.rs`: [`ServeConfig`].
@@ -26,6 +28,7 @@ mod config;
 mod connection;
 mod linger;
 mod listener;
+mod timeouts;
 
 pub use config::ServeConfig;
 pub use listener::{listen, Listener};
