@@ -2,6 +2,8 @@
 //!
 //! - `mod.rs`: the accept loop ([`serve`]): it stops at stop-accepting, takes the connections
 //!   already in the kernel's queue, and waits for every connection to close;
+//! - `handshake.rs`: a connection's handshake (TLS), in its own task and bounded at the
+//!   shutdown, before it is served;
 //! - `connection.rs`: one connection's life and timeouts;
 //! - `linger.rs`: the polite close (FIN, then read until the client's FIN);
 //! - `listener.rs`: what connections come from ([`Listener`], [`listen`]);
@@ -23,13 +25,15 @@ use crate::{BoxError, Phase, Shutdown};
 
 mod config;
 mod connection;
+mod handshake;
 mod linger;
 mod listener;
 
 pub use config::ServeConfig;
 pub use listener::{listen, Listener};
 
-use connection::{connection, Arrival};
+use connection::Arrival;
+use handshake::handshake_then_serve;
 
 /// Serves `service` on `listener` until the shutdown has stopped accepting and every connection
 /// has closed.
@@ -132,7 +136,7 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 L::prepare(&stream);
-                connections.spawn(connection::<L, S, B>(
+                connections.spawn(handshake_then_serve::<L, S, B>(
                     stream,
                     peer,
                     service.clone(),
@@ -162,7 +166,7 @@ where
     {
         backlog += 1;
         L::prepare(&stream);
-        connections.spawn(connection::<L, S, B>(
+        connections.spawn(handshake_then_serve::<L, S, B>(
             stream,
             peer,
             service.clone(),
