@@ -15,6 +15,8 @@ mod process;
 mod http;
 // `http::serve` in a real process with real signals: slow and half-open clients.
 mod serve;
+// `http::serve` over TLS in a real process (feature `tls`), with a real rustls client.
+mod tls;
 // gRPC through a shutdown with a real tonic client (feature `tonic`).
 mod grpc;
 // The OpenTelemetry flush step, with the OTLP/HTTP exporter and an in-test receiver.

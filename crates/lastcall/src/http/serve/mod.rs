@@ -7,6 +7,7 @@
 //! - `connection.rs`: one connection's life and timeouts;
 //! - `linger.rs`: the polite close (FIN, then read until the client's FIN);
 //! - `listener.rs`: what connections come from ([`Listener`], [`listen`]);
+//! - `tls.rs`: `TlsListener` (feature `tls`);
 //! - `config.rs`: [`ServeConfig`].
 
 use std::io;
@@ -28,9 +29,13 @@ mod connection;
 mod handshake;
 mod linger;
 mod listener;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use config::ServeConfig;
 pub use listener::{listen, Listener};
+#[cfg(feature = "tls")]
+pub use tls::TlsListener;
 
 use connection::Arrival;
 use handshake::handshake_then_serve;
