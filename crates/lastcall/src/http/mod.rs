@@ -63,6 +63,19 @@ pub use serve::{listen, serve, serve_std, Listener, ServeConfig};
 
 /// The rustls that [`TlsListener`] speaks, so a configuration built by hand has the matching
 /// version. Needs the `tls` feature.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use lastcall::http::rustls;
+///
+/// let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// let builder = rustls::ServerConfig::builder_with_provider(provider)
+///     .with_safe_default_protocol_versions()
+///     .expect("ring supports the default versions");
+/// # let _ = builder;
+/// ```
 #[cfg(feature = "tls")]
 pub use rustls;
 pub use service::Drain;

@@ -71,11 +71,12 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// ```no_run
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use lastcall::http::rustls::{self, pki_types::{CertificateDer, PrivateKeyDer}};
+/// use lastcall::http::rustls::{self, pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer}};
 /// use lastcall::http::TlsListener;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let (chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) = todo!();
+/// let chain = CertificateDer::pem_file_iter("cert.pem")?.collect::<Result<Vec<_>, _>>()?;
+/// let key = PrivateKeyDer::from_pem_file("key.pem")?;
 /// let provider = Arc::new(rustls::crypto::ring::default_provider());
 /// let config = rustls::ServerConfig::builder_with_provider(provider)
 ///     .with_safe_default_protocol_versions()?
