@@ -3,6 +3,7 @@
 # does: each bench-server mode runs under valgrind's callgrind while wrk loads it on loopback
 # for a few seconds; instructions (user space, counted from the moment the server listens, so
 # startup is left out) / requests answered.
+# The TLS modes (tls-plain, tls-drain) are loaded over https with a self-signed certificate.
 #   bash bench/instructions.sh [seconds=6] [modes="axum plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,15 @@ tmp=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
+if [[ " $modes " == *" tls-"* ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+  export BENCH_CERT=$tmp/cert.pem BENCH_KEY=$tmp/key.pem
+fi
 for mode in $modes; do
+  scheme=http
+  [[ $mode == tls-* ]] && scheme=https
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/$mode.cg" "$bin" "$mode" >"$tmp/$mode.out" 2>"$tmp/$mode.err" &
   pid=$!
   for _ in $(seq 1 300); do
@@ -28,7 +37,7 @@ for mode in $modes; do
   addr=$(sed -n 's/^listening on //p' "$tmp/$mode.out")
   [ -n "$addr" ] || { echo "bench-server $mode did not start under valgrind" >&2; exit 1; }
   callgrind_control --instr=on "$pid" >/dev/null 2>&1
-  wrk -t1 -c8 -d"${seconds}s" "http://$addr/" >"$tmp/$mode.wrk"
+  wrk -t1 -c8 -d"${seconds}s" "$scheme://$addr/" >"$tmp/$mode.wrk"
   kill -TERM "$pid"
   wait "$pid" || true
   pid=

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 
-/// A source of connections for [`serve`](crate::http::serve): a [`tokio::net::TcpListener`], or on Unix a
-/// [`tokio::net::UnixListener`].
+/// A source of connections for [`serve`](crate::http::serve): a [`tokio::net::TcpListener`], on Unix a
+/// [`tokio::net::UnixListener`], or with the `tls` feature a `TlsListener`.
 ///
 /// Sealed: [`serve`](crate::http::serve) needs to know a socket's kind to close it without a reset.
 pub trait Listener: sealed::Accept {}

@@ -59,6 +59,10 @@ use handshake::handshake_then_serve;
 /// - Every connection is tracked as [`WorkKind::Connection`](crate::WorkKind::Connection) work, so waiting for work covers
 ///   them; at the wait-for-work deadline the ones still open are closed, and the report names
 ///   them.
+/// - Over TLS (`TlsListener`, feature `tls`) each connection's handshake runs in that
+///   connection's own task, never in the accept loop, bounded by its timeout; one in progress
+///   at stop-accepting gets the same grace as a half-read head, then is closed without a
+///   request. Closing sends TLS `close_notify` before the FIN.
 /// - Each request carries its peer's address in its extensions, as axum's
 ///   `ConnectInfo<SocketAddr>` (feature `axum`; `ConnectInfo<tokio::net::unix::SocketAddr>` on a
 ///   Unix socket), so handlers that extract it work as under `axum::serve`.
