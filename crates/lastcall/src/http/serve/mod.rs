@@ -145,7 +145,7 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 L::prepare(&stream);
-                connections.spawn(handshake_then_serve::<L, S, B>(
+                connections.spawn(Box::pin(handshake_then_serve::<L, S, B>(
                     stream,
                     peer,
                     service.clone(),
@@ -156,7 +156,7 @@ where
                         without_request: without_request.clone(),
                     },
                     Arrival::BeforeStop,
-                ));
+                )));
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -175,7 +175,7 @@ where
     {
         backlog += 1;
         L::prepare(&stream);
-        connections.spawn(handshake_then_serve::<L, S, B>(
+        connections.spawn(Box::pin(handshake_then_serve::<L, S, B>(
             stream,
             peer,
             service.clone(),
@@ -186,7 +186,7 @@ where
                 without_request: without_request.clone(),
             },
             Arrival::AfterStop,
-        ));
+        )));
     }
     drop(listener);
     tracing::info!(addr = %local, backlog, "listener closed; new connections are refused");
