@@ -42,7 +42,7 @@ start() { # mode -> sets pid and addr
   pid=$!
   pids+=("$pid")
   for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^listening on //p' "$tmp/$1.out" 2>/dev/null)
+    addr=$(sed -n 's/^listening on //p' "$tmp/$1.out" 2>/dev/null || true)
     [ -n "$addr" ] && return
     sleep 0.02
   done
