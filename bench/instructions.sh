@@ -4,6 +4,7 @@
 # for a few seconds; instructions (user space, counted from the moment the server listens, so
 # startup is left out) / requests answered.
 # A mode may name another build of the server: MODE@PATH (e.g. drain@/tmp/bench-server-old).
+# The TLS modes (tls-plain, tls-drain) are loaded over https with a self-signed certificate.
 #   bash bench/instructions.sh [seconds=6] [modes="axum plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +20,18 @@ tmp=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
+if [[ " $modes " == *" tls-"* ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+  export BENCH_CERT=$tmp/cert.pem BENCH_KEY=$tmp/key.pem
+fi
 n=0
 for spec in $modes; do
   mode=${spec%%@*} server=$bin
   [[ $spec == *@* ]] && server=${spec#*@}
+  scheme=http
+  [[ $mode == tls-* ]] && scheme=https
   n=$((n + 1))
   out="$tmp/$n"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out.cg" "$server" "$mode" >"$out.out" 2>"$out.err" &
@@ -34,7 +43,7 @@ for spec in $modes; do
   addr=$(sed -n 's/^listening on //p' "$out.out")
   [ -n "$addr" ] || { echo "bench-server $spec did not start under valgrind" >&2; exit 1; }
   callgrind_control --instr=on "$pid" >/dev/null 2>&1
-  wrk -t1 -c8 -d"${seconds}s" "http://$addr/" >"$out.wrk"
+  wrk -t1 -c8 -d"${seconds}s" "$scheme://$addr/" >"$out.wrk"
   kill -TERM "$pid"
   wait "$pid" || true
   pid=

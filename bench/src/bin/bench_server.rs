@@ -9,6 +9,13 @@
 //!   SQLite file (`BENCH_DB`, created and seeded like `lastcall demo`'s), the peer of
 //!   `lastcall demo` in `bench/rolling.sh orders`.
 //!
+//! - `tls-drain`: `drain` over TLS, through `lastcall::http::TlsListener`; `tls-serve` the same
+//!   without the `DrainLayer`;
+//! - `tls-plain`: the TLS peer, a plain accept loop spawning hyper-util's `auto` connection
+//!   over a tokio-rustls handshake, with no shutdown handling; both TLS modes serve the
+//!   certificate chain `BENCH_CERT` and key `BENCH_KEY` (PEM) with the same rustls
+//!   configuration (`ring`, safe defaults, ALPN `h2` and `http/1.1`).
+//!
 //! `BENCH_IDLE_CLOSE_DELAY` (a duration) sets `ServeConfig::idle_close_delay` in the first two.
 //!
 //! Routes: `GET /` answers `hello`, `GET /slow?ms=N` answers after N ms. Listens on
@@ -24,7 +31,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use lastcall::http::{serve, DrainLayer, ServeConfig};
+use lastcall::http::rustls::pki_types::pem::PemObject;
+use lastcall::http::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use lastcall::http::{rustls, serve, DrainLayer, ServeConfig, TlsListener};
 use lastcall::runtime::Teardown;
 use lastcall::Controller;
 use serde::{Deserialize, Serialize};
@@ -91,6 +100,38 @@ async fn run(mode: String) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     match mode.as_str() {
+        "tls-drain" | "tls-serve" | "tls-plain" => {
+            let config = match tls_config() {
+                Ok(config) => Arc::new(config),
+                Err(err) => {
+                    eprintln!("bench-server: {err}");
+                    return ExitCode::from(78);
+                }
+            };
+            println!("listening on {addr}");
+            if mode == "tls-plain" {
+                tls_plain(listener, config).await;
+                return ExitCode::SUCCESS;
+            }
+            let controller = match Controller::from_env() {
+                Ok(controller) => controller,
+                Err(err) => {
+                    eprintln!("bench-server: {err}");
+                    return err.exit_code();
+                }
+            };
+            let shutdown = controller.shutdown();
+            let listener = TlsListener::new(listener, config);
+            let server = if mode == "tls-drain" {
+                let service = DrainLayer::new(shutdown.clone()).layer(app());
+                tokio::spawn(serve(listener, service, shutdown, ServeConfig::default()))
+            } else {
+                tokio::spawn(serve(listener, app(), shutdown, ServeConfig::default()))
+            };
+            let code = controller.run().await;
+            let _ = server.await;
+            code
+        }
         "drain" | "plain" => {
             let controller = match Controller::from_env() {
                 Ok(controller) => controller,
@@ -191,10 +232,63 @@ async fn run(mode: String) -> ExitCode {
         }
         other => {
             eprintln!(
-                "bench-server: unknown mode {other:?}; use drain, plain, axum or axum-orders"
+                "bench-server: unknown mode {other:?}; use drain, plain, tls-drain, tls-serve, tls-plain, axum or axum-orders"
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// The TLS modes' one rustls configuration, from `BENCH_CERT` and `BENCH_KEY`.
+fn tls_config() -> Result<rustls::ServerConfig, String> {
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| format!("{name} is not set; set it to a PEM file"))
+    };
+    let (cert, key) = (var("BENCH_CERT")?, var("BENCH_KEY")?);
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| format!("BENCH_CERT={cert:?}: {err}"))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key).map_err(|err| format!("BENCH_KEY={key:?}: {err}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|err| format!("BENCH_CERT/BENCH_KEY refused: {err}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The plain peer: hyper-util's server over tokio-rustls, each handshake in its connection's
+/// task, until SIGTERM (then it simply stops; this mode measures serving, not shutting down).
+async fn tls_plain(listener: TcpListener, config: Arc<rustls::ServerConfig>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let app = app();
+    let stop = sigterm();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await;
+        });
     }
 }
 

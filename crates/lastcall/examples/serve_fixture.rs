@@ -1,9 +1,10 @@
 //! Not a tutorial: the HTTP service the serve tests (`tests/serve.rs`) and `bench/burst.py`
 //! start, signal and grade.
 //!
-//! `serve_fixture [backlog=N|backlog=max] [unix=PATH]`: `lastcall::http::serve` + `DrainLayer`
-//! on 127.0.0.1 (port `FIXTURE_PORT`, default 0), listening with a backlog of N (default:
-//! [`lastcall::http::listen`], the system's largest), or on a Unix socket at PATH. Routes:
+//! `serve_fixture [backlog=N|backlog=max] [unix=PATH] [tls=DIR] [handshake_timeout=DURATION]`:
+//! `lastcall::http::serve` + `DrainLayer` on 127.0.0.1 (port `FIXTURE_PORT`, default 0),
+//! listening with a backlog of N (default: [`lastcall::http::listen`], the system's largest),
+//! or on a Unix socket at PATH, or over TLS with `DIR/cert.pem` and `DIR/key.pem`. Routes:
 //! `GET /slow?ms=N` answers `done` after N ms, `GET /peer` answers the peer's address from
 //! axum's `ConnectInfo`. It prints `listening ADDR` once serving, and at the end `report:
 //! {json}` and `served` when `serve` has returned. Shutdown settings come from `LASTCALL_*`.
@@ -44,11 +45,17 @@ async fn main() -> ExitCode {
 async fn run() -> Result<ExitCode, Error> {
     let mut backlog = None;
     let mut unix = None;
+    let mut tls = None;
+    let mut handshake_timeout = None;
     for arg in std::env::args().skip(1) {
         match arg.split_once('=') {
             Some(("backlog", "max")) => backlog = None,
             Some(("backlog", n)) => backlog = Some(n.parse::<i32>()?),
             Some(("unix", path)) => unix = Some(path.to_owned()),
+            Some(("tls", dir)) => tls = Some(std::path::PathBuf::from(dir)),
+            Some(("handshake_timeout", t)) => {
+                handshake_timeout = Some(humantime::parse_duration(t)?)
+            }
             _ => return Err(format!("unknown argument {arg:?}").into()),
         }
     }
@@ -70,6 +77,18 @@ async fn run() -> Result<ExitCode, Error> {
     let server = if let Some(path) = unix {
         let listener = tokio::net::UnixListener::bind(&path)?;
         println!("listening {path}");
+        tokio::spawn(serve(listener, app, shutdown, config))
+    } else if let Some(dir) = tls {
+        let listener = lastcall::http::listen(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let mut listener = lastcall::http::TlsListener::from_pem_files(
+            listener,
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        )?;
+        if let Some(timeout) = handshake_timeout {
+            listener = listener.handshake_timeout(timeout);
+        }
+        println!("listening {}", listener.local_addr()?);
         tokio::spawn(serve(listener, app, shutdown, config))
     } else {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

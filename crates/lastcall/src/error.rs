@@ -444,6 +444,68 @@ impl fmt::Display for Named {
     }
 }
 
+/// A TLS certificate or key that [`TlsListener::from_pem_files`](crate::http::TlsListener::from_pem_files)
+/// refuses, at startup. Needs the `tls` feature.
+///
+/// Each variant names the file and says how to fix it. A service that stops on it should
+/// exit 78 (`EX_CONFIG`), as for a [`ConfigError`].
+///
+/// # Examples
+///
+/// ```
+/// use lastcall::error::TlsConfigError;
+/// use lastcall::http::TlsListener;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let err = TlsListener::from_pem_files(tcp, "/nonexistent/cert.pem", "/nonexistent/key.pem")
+///     .unwrap_err();
+/// assert!(matches!(err, TlsConfigError::Certificates { .. }));
+/// assert!(err.to_string().contains("/nonexistent/cert.pem"));
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tls")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// The certificate file cannot be read, or is not PEM.
+    #[error("cannot read the TLS certificate chain from {}: {source}; point it at a PEM file with the server's certificate first, then its intermediates", path.display())]
+    Certificates {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("{} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" section); point it at the server's certificate chain, not its key", path.display())]
+    NoCertificate {
+        /// The certificate file.
+        path: std::path::PathBuf,
+    },
+    /// The key file cannot be read, or holds no private key.
+    #[error("cannot read a TLS private key from {}: {source}; point it at a PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1), unencrypted", path.display())]
+    Key {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refuses the pair: the key is not the certificate's, or of a kind the `ring`
+    /// provider does not support.
+    #[error("the TLS certificate {} and key {} are refused: {source}; check that the key is the one the certificate was issued for", cert.display(), key.display())]
+    Refused {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 /// Levenshtein distance; the names are short, so the quadratic table is fine.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();

@@ -51,6 +51,16 @@
 //!     controller.run().await
 //! }
 //! ```
+//!
+//! # Features
+//!
+//! - `metrics` (default): the report recorded through the `metrics` facade.
+//! - `http`: `lastcall::http` (a tower layer, `serve` on hyper-util, health routes).
+//! - `tls`: `http::TlsListener`, `serve` over TLS (rustls, `ring` provider).
+//! - `axum`, `websocket`: Server-Sent Events and WebSockets that end at the shutdown.
+//! - `sqlite`, `postgres`, `nats`: queue workers on those ([`worker`]).
+//! - `cron`: cron schedules for the [`schedule`] module's scheduler.
+//! - `systemd`: sd_notify and socket activation; `tonic`: gRPC; `opentelemetry`: a flush step.
 #![deny(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![doc(test(attr(deny(warnings))))]
 

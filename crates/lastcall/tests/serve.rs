@@ -14,24 +14,24 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Bounds a hang; not a measurement.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(super) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The most a head half read at stop-accepting may hold the shutdown (`serve`'s grace).
-const GRACE: Duration = Duration::from_secs(1);
+pub(super) const GRACE: Duration = Duration::from_secs(1);
 
-struct Served {
+pub(super) struct Served {
     child: Child,
-    addr: String,
+    pub(super) addr: String,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
 }
 
-struct Exited {
-    status: ExitStatus,
+pub(super) struct Exited {
+    pub(super) status: ExitStatus,
     /// When the process was seen gone.
-    at: Instant,
-    report: Report,
-    stderr: String,
+    pub(super) at: Instant,
+    pub(super) report: Report,
+    pub(super) stderr: String,
 }
 
 fn example(name: &str) -> PathBuf {
@@ -53,7 +53,7 @@ fn example(name: &str) -> PathBuf {
 
 impl Served {
     /// Starts `serve_fixture` and waits until it listens.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+    pub(super) fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
         let mut command = Command::new(example("serve_fixture"));
         command
             .args(args)
@@ -105,15 +105,15 @@ impl Served {
         }
     }
 
-    fn connect(&self) -> TcpStream {
+    pub(super) fn connect(&self) -> TcpStream {
         TcpStream::connect(&self.addr).unwrap()
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(super) fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
-    fn wait(mut self) -> Exited {
+    pub(super) fn wait(mut self) -> Exited {
         let until = Instant::now() + PATIENCE;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -18,6 +18,8 @@ mod serve;
 // The restart (feature `restart`): generations of a real process under load, real SIGHUPs.
 #[cfg(target_os = "linux")]
 mod restart;
+// `http::serve` over TLS in a real process (feature `tls`), with a real rustls client.
+mod tls;
 // gRPC through a shutdown with a real tonic client (feature `tonic`).
 mod grpc;
 // The OpenTelemetry flush step, with the OTLP/HTTP exporter and an in-test receiver.

@@ -11,6 +11,8 @@
 //!   left at the wait-for-work deadline. It serves TCP and Unix domain sockets ([`Listener`]),
 //!   gives handlers axum's `ConnectInfo`, and takes hyper's HTTP/1 and HTTP/2 settings
 //!   ([`ServeConfig`]); [`listen`] binds with the system's largest accept backlog.
+//!   `TlsListener` (feature `tls`) serves it over TLS (rustls), with `close_notify` at the close
+//!   and bounded handshakes.
 //! - `sse` (feature `axum`) ends Server-Sent Events streams with a final event when
 //!   stop-accepting begins.
 //! - `ws` (feature `websocket`) closes WebSockets with 1001 "going away" when stop-accepting
@@ -55,7 +57,27 @@ pub mod ws;
 pub use body::DrainBody;
 pub use future::ResponseFuture;
 pub use layer::{DrainLayer, DrainPolicy, HealthPaths};
+#[cfg(feature = "tls")]
+pub use serve::TlsListener;
 pub use serve::{listen, serve, serve_std, Listener, ServeConfig};
+
+/// The rustls that [`TlsListener`] speaks, so a configuration built by hand has the matching
+/// version. Needs the `tls` feature.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use lastcall::http::rustls;
+///
+/// let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// let builder = rustls::ServerConfig::builder_with_provider(provider)
+///     .with_safe_default_protocol_versions()
+///     .expect("ring supports the default versions");
+/// # let _ = builder;
+/// ```
+#[cfg(feature = "tls")]
+pub use rustls;
 pub use service::Drain;
 
 /// A response extension that makes [`DrainLayer`] track the response as a

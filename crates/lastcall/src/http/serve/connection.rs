@@ -24,11 +24,12 @@ use super::timeouts::{Action, Close, Counters, Limits, Moment, Timeouts};
 use super::{Listener, Served};
 use crate::http::body::Guarded;
 use crate::step::BoxError;
-use crate::{Phase, WorkKind};
+use crate::{Phase, WorkGuard};
 
 pub(super) async fn connection<L, S, B>(
     stream: L::Io,
     peer: L::Addr,
+    guard: WorkGuard,
     service: S,
     builder: auto::Builder<TokioExecutor>,
     served: Served,
@@ -47,9 +48,6 @@ pub(super) async fn connection<L, S, B>(
         config,
         without_request,
     } = served;
-    let guard = shutdown
-        .tracker()
-        .track(WorkKind::Connection, format!("connection {peer:?}"));
     let state = Arc::new(ConnState::new());
     let io = Lingering::<L> {
         stream: Some(stream),

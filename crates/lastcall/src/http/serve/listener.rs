@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 
-/// A source of connections for [`serve`](crate::http::serve): a [`tokio::net::TcpListener`], or on Unix a
-/// [`tokio::net::UnixListener`].
+/// A source of connections for [`serve`](crate::http::serve): a [`tokio::net::TcpListener`], on Unix a
+/// [`tokio::net::UnixListener`], or with the `tls` feature a `TlsListener`.
 ///
 /// Needs the `http` feature.
 ///
@@ -20,37 +20,67 @@ impl Listener for TcpListener {}
 #[cfg(unix)]
 impl Listener for tokio::net::UnixListener {}
 
-mod sealed {
+pub(super) mod sealed {
     use std::future::Future;
     use std::io;
+    use std::time::Duration;
 
     use tokio::io::{AsyncRead, AsyncWrite};
 
     /// What [`serve`](crate::http::serve) needs of a listener and its sockets.
     #[allow(unreachable_pub)] // Sealed: nameable only through `Listener`.
     pub trait Accept: Send + 'static {
-        /// An accepted connection's socket.
+        /// An accepted connection before its handshake (TCP and Unix: the socket itself).
+        type Accepted: Send + 'static;
+        /// An accepted connection's stream, once its handshake is done.
         type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
         /// A peer's address, inserted into each request's extensions.
         type Addr: Clone + std::fmt::Debug + Send + Sync + 'static;
+        /// The handshake of a connection that has one (TLS).
+        type Handshake: Future<Output = io::Result<Self::Io>> + Send;
 
-        /// Accepts one connection.
-        fn accept_one(&self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send;
+        /// Accepts one connection. Nothing is read here: a handshake runs in the
+        /// connection's own task ([`Accept::handshake`]), so a slow client cannot stall
+        /// accepting.
+        fn accept_one(
+            &self,
+        ) -> impl Future<Output = io::Result<(Self::Accepted, Self::Addr)>> + Send;
 
         /// The listening address, for the logs.
         fn describe(&self) -> String;
 
         /// Prepares an accepted socket (no Nagle delay for TCP).
-        fn prepare(io: &Self::Io);
+        fn prepare(accepted: &Self::Accepted);
+
+        /// The stream to serve at once, or the handshake to complete first; called in the
+        /// connection's task.
+        fn handshake(accepted: Self::Accepted) -> Handshake<Self::Io, Self::Handshake>;
 
         /// Whether the client has sent bytes nobody read.
         fn has_unread(io: &Self::Io) -> bool;
     }
+
+    /// What an accepted connection needs before it is served.
+    #[allow(unreachable_pub)] // Sealed with `Accept`.
+    #[derive(Debug)]
+    pub enum Handshake<Io, F> {
+        /// Nothing: the socket is the stream (TCP, Unix).
+        Ready(Io),
+        /// A handshake, which may take at most `timeout` (TLS).
+        Start {
+            /// Completes the handshake.
+            handshake: F,
+            /// The listener's handshake timeout.
+            timeout: Duration,
+        },
+    }
 }
 
 impl sealed::Accept for TcpListener {
+    type Accepted = TcpStream;
     type Io = TcpStream;
     type Addr = SocketAddr;
+    type Handshake = std::future::Ready<io::Result<TcpStream>>;
 
     fn accept_one(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
         self.accept()
@@ -67,6 +97,10 @@ impl sealed::Accept for TcpListener {
         let _ = io.set_nodelay(true);
     }
 
+    fn handshake(accepted: TcpStream) -> sealed::Handshake<TcpStream, Self::Handshake> {
+        sealed::Handshake::Ready(accepted)
+    }
+
     fn has_unread(io: &TcpStream) -> bool {
         peek_unread(socket2::SockRef::from(io))
     }
@@ -74,8 +108,10 @@ impl sealed::Accept for TcpListener {
 
 #[cfg(unix)]
 impl sealed::Accept for tokio::net::UnixListener {
+    type Accepted = tokio::net::UnixStream;
     type Io = tokio::net::UnixStream;
     type Addr = tokio::net::unix::SocketAddr;
+    type Handshake = std::future::Ready<io::Result<tokio::net::UnixStream>>;
 
     fn accept_one(
         &self,
@@ -92,6 +128,12 @@ impl sealed::Accept for tokio::net::UnixListener {
     }
 
     fn prepare(_: &tokio::net::UnixStream) {}
+
+    fn handshake(
+        accepted: tokio::net::UnixStream,
+    ) -> sealed::Handshake<tokio::net::UnixStream, Self::Handshake> {
+        sealed::Handshake::Ready(accepted)
+    }
 
     fn has_unread(io: &tokio::net::UnixStream) -> bool {
         peek_unread(socket2::SockRef::from(io))
@@ -151,7 +193,7 @@ fn max_backlog() -> i32 {
 /// Whether the client has sent bytes nobody read (a pipelined request, an unread body):
 /// closing the socket now would answer them with a reset, which can destroy the response still
 /// on its way to the client. A closed or failed socket has nothing unread.
-fn peek_unread(socket: socket2::SockRef<'_>) -> bool {
+pub(super) fn peek_unread(socket: socket2::SockRef<'_>) -> bool {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     // A non-blocking peek: `WouldBlock` when nothing is there, `Ok(0)` after the client's FIN.
     matches!(socket.peek(&mut byte), Ok(n) if n > 0)

@@ -2,11 +2,14 @@
 //!
 //! - `mod.rs`: the accept loop ([`serve`]): it stops at stop-accepting, takes the connections
 //!   already in the kernel's queue, and waits for every connection to close;
+//! - `handshake.rs`: a connection's handshake (TLS), in its own task and bounded at the
+//!   shutdown, before it is served;
 //! - `connection.rs`: one connection's task, a `select!` over hyper's connection, the phases and
 //!   a timer, and the counters its socket and service keep;
 //! - `timeouts.rs`: what that task does when, as a pure state machine (`Timeouts`);
 //! - `linger.rs`: the polite close (FIN, then read until the client's FIN);
 //! - `listener.rs`: what connections come from ([`Listener`], [`listen`]);
+//! - `tls.rs`: `TlsListener` (feature `tls`);
 //! - `config.rs`: [`ServeConfig`].
 
 use std::io;
@@ -17,23 +20,31 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::step::BoxError;
-use crate::{Phase, Shutdown};
+use crate::{Phase, Shutdown, WorkKind};
 
 mod config;
 mod connection;
+mod handshake;
 mod linger;
 mod listener;
 mod timeouts;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use config::ServeConfig;
 pub use listener::{listen, Listener};
+#[cfg(feature = "tls")]
+pub use tls::TlsListener;
 
-use connection::{connection, Arrival};
+use connection::Arrival;
+use handshake::handshake_then_serve;
 
 /// Serves `service` on `listener` until the shutdown has stopped accepting and every connection
 /// has closed.
@@ -60,6 +71,10 @@ use connection::{connection, Arrival};
 /// - Every connection is tracked as [`WorkKind::Connection`](crate::WorkKind::Connection) work, so waiting for work covers
 ///   them; at the wait-for-work deadline the ones still open are closed, and the report names
 ///   them.
+/// - Over TLS (`TlsListener`, feature `tls`) each connection's handshake runs in that
+///   connection's own task, never in the accept loop, bounded by its timeout; one in progress
+///   at stop-accepting gets the same grace as a half-read head, then is closed without a
+///   request. Closing sends TLS `close_notify` before the FIN.
 /// - Each request carries its peer's address in its extensions, as axum's
 ///   `ConnectInfo<SocketAddr>` (feature `axum`; `ConnectInfo<tokio::net::unix::SocketAddr>` on a
 ///   Unix socket), so handlers that extract it work as under `axum::serve`.
@@ -131,6 +146,31 @@ where
     let local = listener.describe();
     let connections = TaskTracker::new();
     let without_request = shutdown.closed_without_request(); // counted into the report
+                                                             // Every connection is tracked from its accept, before its task first runs: right after a
+                                                             // burst, connections waiting to be polled must not leave the tracker looking idle.
+    let spawn =
+        |accepted: L::Accepted, peer: L::Addr, builder: &auto::Builder<TokioExecutor>, arrival| {
+            L::prepare(&accepted);
+            let guard = shutdown
+                .tracker()
+                .track(WorkKind::Connection, format!("connection {peer:?}"));
+            let served = Served {
+                shutdown: shutdown.clone(),
+                config: config.clone(),
+                without_request: without_request.clone(),
+            };
+            // Boxed: the future is large (more so over TLS), and tokio would copy it as the task
+            // is spawned and again as it finishes.
+            connections.spawn(Box::pin(handshake_then_serve::<L, S, B>(
+                accepted,
+                peer,
+                guard,
+                service.clone(),
+                builder.clone(),
+                served,
+                arrival,
+            )));
+        };
     let stop = shutdown.reached(Phase::StopAccepting);
     tokio::pin!(stop);
     loop {
@@ -140,21 +180,7 @@ where
             accepted = listener.accept_one() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                L::prepare(&stream);
-                connections.spawn(connection::<L, S, B>(
-                    stream,
-                    peer,
-                    service.clone(),
-                    builder.clone(),
-                    Served {
-                        shutdown: shutdown.clone(),
-                        config: config.clone(),
-                        without_request: without_request.clone(),
-                    },
-                    Arrival::BeforeStop,
-                ));
-            }
+            Ok((accepted, peer)) => spawn(accepted, peer, &builder, Arrival::BeforeStop),
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -169,25 +195,13 @@ where
     late.http1().keep_alive(false);
     let mut backlog = 0usize;
     while !shutdown.shared.restarting() {
-        let Ok(Ok((stream, peer))) =
+        let Ok(Ok((accepted, peer))) =
             tokio::time::timeout(Duration::ZERO, listener.accept_one()).await
         else {
             break;
         };
         backlog += 1;
-        L::prepare(&stream);
-        connections.spawn(connection::<L, S, B>(
-            stream,
-            peer,
-            service.clone(),
-            late.clone(),
-            Served {
-                shutdown: shutdown.clone(),
-                config: config.clone(),
-                without_request: without_request.clone(),
-            },
-            Arrival::AfterStop,
-        ));
+        spawn(accepted, peer, &late, Arrival::AfterStop);
     }
     drop(listener);
     tracing::info!(addr = %local, backlog, "listener closed; new connections are refused");

@@ -1,0 +1,96 @@
+//! A connection's handshake (TLS), run in the connection's own task before it is served, and
+//! bounded at the shutdown like a request head half read.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tower_service::Service;
+
+use super::connection::{connection, Arrival};
+use super::listener::sealed::Handshake;
+use super::timeouts::{DEADLINE_MARGIN, HEAD_GRACE};
+use super::{Listener, Served};
+use crate::step::BoxError;
+use crate::{Phase, Shutdown, WorkGuard};
+
+/// How long a handshake in progress at stop-accepting may take to complete, at most (less
+/// when its handshake timeout has less left): the same grace as a request head half read, so
+/// a client that stalls its handshake cannot hold the shutdown.
+const HANDSHAKE_GRACE: Duration = HEAD_GRACE;
+
+/// Completes the connection's handshake, if it has one, then serves it.
+///
+/// A connection in its handshake is tracked as [`WorkKind::Connection`] work, as it is once
+/// served, so the wait for work does not end under a client about to send a request. The
+/// handshake is bounded by the listener's timeout and, from stop-accepting on, by
+/// [`HANDSHAKE_GRACE`] and the wait-for-work deadline; one that does not complete is closed
+/// and, at the shutdown, counted as a connection closed without a request.
+pub(super) async fn handshake_then_serve<L, S, B>(
+    accepted: L::Accepted,
+    peer: L::Addr,
+    guard: WorkGuard,
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    served: Served,
+    arrival: Arrival,
+) where
+    L: Listener,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (handshake, timeout) = match L::handshake(accepted) {
+        Handshake::Ready(io) => {
+            return connection::<L, S, B>(io, peer, guard, service, builder, served, arrival).await;
+        }
+        Handshake::Start { handshake, timeout } => (handshake, timeout),
+    };
+    let io = tokio::select! {
+        biased;
+        done = tokio::time::timeout(timeout, handshake) => match done {
+            Ok(Ok(io)) => Some(io),
+            Ok(Err(error)) => {
+                tracing::debug!(?peer, %error, "handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(?peer, timeout_ms = timeout.as_millis() as u64, "handshake timed out");
+                None
+            }
+        },
+        () = grace_ended(&served.shutdown, arrival) => {
+            tracing::debug!(?peer, "handshake still incomplete after its grace; closing");
+            None
+        }
+    };
+    let Some(io) = io else {
+        if served.shutdown.phase() >= Phase::StopAccepting {
+            served.without_request.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    };
+    connection::<L, S, B>(io, peer, guard, service, builder, served, arrival).await;
+}
+
+/// Resolves when a handshake in progress has had its grace: [`HANDSHAKE_GRACE`] from
+/// stop-accepting (from now for a connection accepted after it), and never past
+/// [`DEADLINE_MARGIN`] before the wait-for-work deadline.
+async fn grace_ended(shutdown: &Shutdown, arrival: Arrival) {
+    if arrival == Arrival::BeforeStop {
+        shutdown.reached(Phase::StopAccepting).await;
+    }
+    let now = tokio::time::Instant::now();
+    let mut until = now + HANDSHAKE_GRACE;
+    if let Some(deadline) = shutdown.deadline(Phase::WaitForWork) {
+        until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
+    }
+    tokio::time::sleep_until(until).await;
+}
