@@ -20,7 +20,7 @@ use tower_service::Service;
 use super::linger::Lingering;
 use super::{Listener, Served};
 use crate::http::body::Guarded;
-use crate::{BoxError, Phase, WorkKind};
+use crate::{BoxError, Phase, WorkGuard};
 
 /// How long a request head half read at stop-accepting may take to complete, at most (less
 /// when its header-read timeout has less left): a client that trickles its head cannot hold
@@ -34,6 +34,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 pub(super) async fn connection<L, S, B>(
     stream: L::Io,
     peer: L::Addr,
+    guard: WorkGuard,
     service: S,
     builder: auto::Builder<TokioExecutor>,
     served: Served,
@@ -52,9 +53,6 @@ pub(super) async fn connection<L, S, B>(
         config,
         without_request,
     } = served;
-    let guard = shutdown
-        .tracker()
-        .track(WorkKind::Connection, format!("connection {peer:?}"));
     let state = Arc::new(ConnState::new());
     let io = Lingering::<L> {
         stream: Some(stream),

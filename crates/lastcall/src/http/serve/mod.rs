@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::{BoxError, Phase, Shutdown};
+use crate::{BoxError, Phase, Shutdown, WorkGuard, WorkKind};
 
 mod config;
 mod connection;
@@ -121,6 +121,13 @@ where
     let local = listener.describe();
     let connections = TaskTracker::new();
     let without_request = Arc::new(AtomicUsize::new(0));
+    // Held while this loop may still hand connections out: a connection accepted but not
+    // yet tracked (spawned, not yet polled), or one still in the kernel's queue at the stop,
+    // must keep waiting-for-work open, or the close steps would run under its request (a
+    // database pool closed: a 500) and the connection would be closed unanswered.
+    let accepting = shutdown
+        .tracker()
+        .task(format!("accepting connections on {local}"));
     let stop = shutdown.reached(Phase::StopAccepting);
     tokio::pin!(stop);
     loop {
@@ -132,9 +139,11 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 L::prepare(&stream);
+                let guard = track(&shutdown, &peer);
                 connections.spawn(connection::<L, S, B>(
                     stream,
                     peer,
+                    guard,
                     service.clone(),
                     builder.clone(),
                     Served {
@@ -152,6 +161,12 @@ where
             }
         }
     }
+    // Taken anew (before the old one is released) so that its age in a report is the time
+    // spent taking the backlog, not the process's uptime.
+    let taking_backlog = shutdown
+        .tracker()
+        .task(format!("taking the backlog of {local}"));
+    drop(accepting);
     // Connections the kernel completed but nobody accepted yet would be reset when the listener
     // closes: accept them now and answer their first request with `Connection: close`.
     let mut late = builder.clone();
@@ -162,9 +177,11 @@ where
     {
         backlog += 1;
         L::prepare(&stream);
+        let guard = track(&shutdown, &peer);
         connections.spawn(connection::<L, S, B>(
             stream,
             peer,
+            guard,
             service.clone(),
             late.clone(),
             Served {
@@ -176,6 +193,8 @@ where
         ));
     }
     drop(listener);
+    // Every connection accepted holds its own guard from here.
+    drop(taking_backlog);
     tracing::info!(addr = %local, backlog, "listener closed; new connections are refused");
     connections.close();
     connections.wait().await;
@@ -208,6 +227,14 @@ where
 {
     listener.set_nonblocking(true)?;
     serve(TcpListener::from_std(listener)?, service, shutdown, config).await
+}
+
+/// Tracks one accepted connection as work, before its task is spawned: from accept, not
+/// from the task's first poll, so waiting for work never sees a gap.
+fn track<A: std::fmt::Debug>(shutdown: &Shutdown, peer: &A) -> WorkGuard {
+    shutdown
+        .tracker()
+        .track(WorkKind::Connection, format!("connection {peer:?}"))
 }
 
 /// What every connection of one [`serve`] shares.
