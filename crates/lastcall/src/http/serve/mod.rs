@@ -47,9 +47,12 @@ use connection::{connection, Arrival};
 ///   the connection is closed without a request. A client trickling its head (slowloris) holds
 ///   the shutdown for that grace at most, and is never counted as work cut. The number of
 ///   connections closed without a request is logged when `serve` returns.
-/// - Every connection is tracked as [`WorkKind::Connection`](crate::WorkKind::Connection) work, so waiting for work covers
-///   them; at the wait-for-work deadline the ones still open are closed, and the report names
-///   them.
+/// - Every connection is tracked as [`WorkKind::Connection`](crate::WorkKind::Connection) work
+///   from its accept, so waiting for work covers them; at the wait-for-work deadline the ones
+///   still open are closed, and the report names them. The accept loop itself is tracked as a
+///   [`WorkKind::Task`](crate::WorkKind::Task) ("accepting connections on ADDR", then "taking
+///   the backlog of ADDR") until it has dropped the listener, so the wait for work cannot end
+///   (and the close steps run) while a connection queued at the stop is still to be answered.
 /// - Each request carries its peer's address in its extensions, as axum's
 ///   `ConnectInfo<SocketAddr>` (feature `axum`; `ConnectInfo<tokio::net::unix::SocketAddr>` on a
 ///   Unix socket), so handlers that extract it work as under `axum::serve`.
