@@ -689,6 +689,28 @@ fn load_fails_requests_refused_while_readiness_still_said_200() {
 }
 
 #[test]
+fn load_fails_server_errors_after_the_signal_even_once_readiness_said_503() {
+    if !python() {
+        return;
+    }
+    let (code, json, stderr) = check(&[
+        "--budget",
+        "3s",
+        "--only",
+        "load",
+        "--",
+        "python3",
+        FIXTURE,
+        "errors-while-stopping",
+    ]);
+    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    let (load, reason) = status(&json, "load");
+    assert_eq!(load, "fail");
+    assert!(reason.contains("answered with a server error"), "{reason}");
+    assert!(reason.contains("500"), "{reason}");
+}
+
+#[test]
 fn slow_clients_fails_a_drain_that_waits_for_connections_without_a_whole_request() {
     if !python() {
         return;

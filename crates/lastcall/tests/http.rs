@@ -1077,3 +1077,92 @@ async fn a_request_head_longer_than_http1_max_buf_size_is_refused() {
     server.trigger.clone().trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
+
+/// Connections the kernel queued before the stop, each with its request already sent, while
+/// nothing else was tracked: `serve` takes them from the backlog after stop-accepting, and the
+/// wait for work must wait for them. Before the fix it saw an idle tracker (a connection was
+/// tracked only from its task's first poll, the backlog not at all), ran the close steps
+/// under their requests (500 here, as from a closed database pool) and closed connections
+/// polled in flush-telemetry without an answer.
+#[tokio::test]
+async fn requests_queued_in_the_backlog_at_the_stop_are_answered_before_the_close_steps() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let controller = Controller::builder()
+        .ignore_env()
+        .drain_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    controller.close("database", Duration::from_secs(1), move || async move {
+        flag.store(true, Ordering::SeqCst);
+    });
+    let shutdown = controller.shutdown();
+    let trigger = controller.trigger();
+    let app = Router::new().route(
+        "/orders/{id}",
+        get(move || {
+            let closed = closed.clone();
+            async move {
+                if closed.load(Ordering::SeqCst) {
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "database closed",
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, "order")
+                }
+            }
+        }),
+    );
+    let service = DrainLayer::new(shutdown.clone()).layer(app);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(serve(
+        listener,
+        service,
+        shutdown.clone(),
+        ServeConfig::default(),
+    ));
+    let run = tokio::spawn(controller.run_with_report());
+    // `serve` is accepting: a request answered, its connection closed.
+    let mut probe = TcpStream::connect(addr).await.unwrap();
+    probe
+        .write_all(b"GET /orders/1 HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut probe).await.status, 200);
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, probe.read_to_end(&mut rest)).await;
+    while shutdown.tracker().active().by_kind.connection > 0 {
+        tokio::task::yield_now().await;
+    }
+    // On this current-thread runtime nothing else runs until the next await: the kernel
+    // completes these connections and queues their requests, and `serve` has accepted none.
+    let queued: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /orders/1 HTTP/1.1\r\nhost: test\r\n\r\n")
+                .unwrap();
+            stream.set_nonblocking(true).unwrap();
+            stream
+        })
+        .collect();
+    trigger.trigger("test");
+    for stream in queued {
+        let mut stream = TcpStream::from_std(stream).unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let report = tokio::time::timeout(PATIENCE, run).await.unwrap().unwrap();
+    assert_eq!(report.exit, Exit::Clean);
+    tokio::time::timeout(PATIENCE, served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

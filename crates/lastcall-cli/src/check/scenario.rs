@@ -978,7 +978,8 @@ struct Sample {
 }
 
 /// 11. A bounded stream of requests on new and reused connections, from the signal to the
-///     exit: none fails while readiness still answers 200.
+///     exit: none fails while readiness still answers 200, and none is answered with a
+///     server error (but 503) or, on a new connection, closed unanswered at any time.
 async fn load(spec: &Spec, service: &mut Service) -> Finding {
     const WORKERS: usize = 4;
     const MAX_REQUESTS: usize = 3000;
@@ -1104,6 +1105,30 @@ async fn load(spec: &Spec, service: &mut Service) -> Finding {
             format!(
                 "{} requests failed while readiness still answered 200 (the first, on a {} connection {} ms after the signal: {}): a balancer still routes here then and does not retry that; fix: answer 503 on readiness from the signal on, and keep serving every request until the listener closes",
                 while_ready.len(),
+                if first.reused { "reused" } else { "new" },
+                ms(first.sent.saturating_duration_since(signalled)),
+                first.outcome.describe()
+            ),
+        );
+    }
+    // Whatever readiness says: an error answer other than 503 (the "go elsewhere" a drain may
+    // give), or a new connection the server accepted and closed without answering its
+    // request, is the service failing work it took because it is stopping.
+    let dropped: Vec<&&Sample> = failed
+        .iter()
+        .copied()
+        .filter(|s| match s.outcome {
+            Outcome::Complete { status, .. } => status >= 500 && status != 503,
+            Outcome::ClosedBeforeResponse => !s.reused,
+            _ => false,
+        })
+        .collect();
+    if let Some(first) = dropped.first() {
+        return Finding::fail(
+            measurement,
+            format!(
+                "{} requests sent after the signal were answered with a server error or, on a new connection, closed without an answer (the first, on a {} connection {} ms after the signal: {}): the service failed requests it had accepted because it was stopping; fix: close dependencies (database pools, clients) only after every accepted connection has been answered, and count a connection as work from its accept, including those taken from the listen backlog",
+                dropped.len(),
                 if first.reused { "reused" } else { "new" },
                 ms(first.sent.saturating_duration_since(signalled)),
                 first.outcome.describe()

@@ -171,6 +171,12 @@ where
                 arrival,
             )));
         };
+    // Held while this loop may still hand connections out: a connection still in the
+    // kernel's queue at the stop must keep waiting-for-work open, or the close steps would run
+    // under its request (a database pool closed: a 500) and it would be closed unanswered.
+    let accepting = shutdown
+        .tracker()
+        .task(format!("accepting connections on {local}"));
     let stop = shutdown.reached(Phase::StopAccepting);
     tokio::pin!(stop);
     loop {
@@ -191,6 +197,12 @@ where
     // Connections the kernel completed but nobody accepted yet would be reset when the listener
     // closes: accept them now and answer their first request with `Connection: close`. After
     // a restart the listener stays open in the new process, which accepts them.
+    // Taken anew (before the old one is released) so that its age in a report is the time
+    // spent taking the backlog, not the process's uptime.
+    let taking_backlog = shutdown
+        .tracker()
+        .task(format!("taking the backlog of {local}"));
+    drop(accepting);
     let mut late = builder.clone();
     late.http1().keep_alive(false);
     let mut backlog = 0usize;
@@ -204,6 +216,8 @@ where
         spawn(accepted, peer, &late, Arrival::AfterStop);
     }
     drop(listener);
+    // Every connection accepted holds its own guard from here.
+    drop(taking_backlog);
     tracing::info!(addr = %local, backlog, "listener closed; new connections are refused");
     connections.close();
     connections.wait().await;
