@@ -1093,6 +1093,8 @@ async fn requests_queued_in_the_backlog_at_the_stop_are_answered_before_the_clos
     let controller = Controller::builder()
         .ignore_env()
         .drain_delay(Duration::ZERO)
+        // In-process: the test binary goes on after `run`.
+        .continue_after_run()
         .build()
         .unwrap();
     let closed = Arc::new(AtomicBool::new(false));
