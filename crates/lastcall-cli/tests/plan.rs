@@ -771,7 +771,7 @@ fn a_reload_by_sighup_is_flagged_as_a_shutdown_or_a_kill() {
     );
     let killed = plan("unit-reload", &reload, &[]);
     assert_eq!(killed.code, Some(0), "{}", killed.stdout);
-    assert_says(&killed.stdout, "warning [reload] ExecReload=/bin/kill -HUP $MAINPID sends SIGHUP, which lastcall does not handle");
+    assert_says(&killed.stdout, "warning [reload] ExecReload=/bin/kill -HUP $MAINPID sends SIGHUP, which only a service built with lastcall's `restart` feature handles");
     let trigger = with(
         &reload,
         "Environment=LASTCALL_BUDGET=25s",

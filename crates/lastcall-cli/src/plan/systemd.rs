@@ -210,8 +210,8 @@ pub(super) fn plan(text: &str, args: &PlanArgs) -> Result<Checked, Refusal> {
             findings.push(Finding {
                 severity: Severity::Warning,
                 check: "reload",
-                problem: format!("ExecReload={reload} sends SIGHUP, which lastcall does not handle: unless the application does, its default action ends the process at once, without a drain"),
-                fix: "remove ExecReload, or handle SIGHUP in the application".into(),
+                problem: format!("ExecReload={reload} sends SIGHUP, which only a service built with lastcall's `restart` feature handles (a restart in place, its default LASTCALL_RESTART_SIGNAL): otherwise its default action ends the process at once, without a drain"),
+                fix: "build the service with the `restart` feature (units in deploy/systemd/), or remove ExecReload".into(),
             });
         }
     }
