@@ -284,8 +284,18 @@ async fn start(
     // The database is open and the socket listening: ready before anyone is told where to go.
     controller.readiness().set_ready();
     tracing::info!(addr = %local, db = %db.display(), "orders service ready");
-    // On stdout, for scripts and the checker: the one line that says where to connect.
-    println!("lastcall demo listening on http://{local}");
+    // On stdout, for scripts and the checker: the one line that says where to connect. Not
+    // `println!`, which panics when stdout is closed: a restart's successor inherits the
+    // stdout of a process whose reader may be long gone, and must serve all the same.
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        if let Err(error) = writeln!(stdout, "lastcall demo listening on http://{local}")
+            .and_then(|()| stdout.flush())
+        {
+            tracing::debug!(%error, "the address line could not be written to stdout");
+        }
+    }
     Ok(server)
 }
 

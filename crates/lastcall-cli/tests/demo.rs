@@ -146,7 +146,13 @@ fn read_to_close(stream: &mut TcpStream) -> String {
 }
 
 fn get(demo: &Demo, path: &str) -> String {
-    let mut stream = demo.connect();
+    get_at(&demo.addr, path)
+}
+
+/// `get` on an address, for a process the test did not start (a restart's successor).
+fn get_at(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nhost: demo\r\nconnection: close\r\n\r\n"
@@ -623,4 +629,77 @@ fn under_load_a_sigterm_never_answers_500_nor_drops_a_request() {
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// Ends a process the test did not start (a restart's successor) when the test ends, passed
+/// or failed.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+/// Whether the process is gone (or a zombie nobody has reaped yet: it is not our child).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// A restart (SIGHUP) while a confirm job runs: the old process finishes the job before it
+/// exits 0, and the new one, serving on the same port, neither runs it again nor loses it.
+#[test]
+fn a_confirm_job_in_flight_at_a_restart_finishes_on_the_old_process_and_is_confirmed_once() {
+    let db = TempDb::new("jobs-restart");
+    let pid_file = db.0.with_extension("pid");
+    let demo = Demo::start_on(&db.0, &[("LASTCALL_PID_FILE", pid_file.to_str().unwrap())]);
+    let old = demo.child.id() as i32;
+    let (id, _) = create_order(&demo, 1_500);
+    wait_for_job(&demo, id, "running");
+    demo.signal(Signal::SIGHUP);
+    // The PID file names the successor once it is ready.
+    let until = Instant::now() + PATIENCE;
+    let successor = loop {
+        let named = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(pid) = named.filter(|pid| *pid != old) {
+            break pid;
+        }
+        assert!(
+            Instant::now() < until,
+            "no successor; stderr:\n{}",
+            demo.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _successor = KillOnDrop(successor);
+    // Whichever process answers (the old one until it exits, then the new one), the job ends
+    // done, confirmed once.
+    let order = wait_for_job(&demo, id, "done");
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let addr = demo.addr.clone();
+    let (status, stderr) = demo.wait();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the old process drained cleanly: {stderr}"
+    );
+    assert!(stderr.contains("order confirmed"), "{stderr}");
+    // The new process serves the same port, and runs the job no second time.
+    std::thread::sleep(Duration::from_millis(500));
+    let order = body(&get_at(&addr, &format!("/orders/{id}")));
+    assert_eq!(order["confirmations"], 1, "{order}");
+    assert_eq!(order["job"]["state"], "done", "{order}");
+    kill(Pid::from_raw(successor), Signal::SIGTERM).unwrap();
+    let until = Instant::now() + PATIENCE;
+    while !exited(successor) {
+        assert!(Instant::now() < until, "the successor did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
