@@ -14,7 +14,7 @@ use lastcall::http::rustls::{self, ClientConfig, ClientConnection, RootCertStore
 use lastcall::http::TlsListener;
 use nix::sys::signal::Signal;
 
-use super::serve::{Served, GRACE, PATIENCE};
+use super::serve::{Served, PATIENCE};
 
 /// A directory with a fresh self-signed certificate for `localhost` (`cert.pem`, `key.pem`),
 /// removed when dropped.
@@ -266,15 +266,14 @@ fn clients_that_never_finish_their_handshake_do_not_hold_the_shutdown_and_are_no
     );
     let took = exited.at - signalled;
     assert!(
-        // Generous: the drain delay, the grace, and a loaded machine's slack.
-        took < Duration::from_millis(300) + GRACE + Duration::from_millis(1500),
+        // Not a measurement: held to the budget (10 s), it would take about that; the drain
+        // delay and the grace are 1.3 s.
+        took < Duration::from_secs(5),
         "exited {took:?} after the signal"
     );
-    assert!(
-        exited.stderr.contains("closed_without_request=2"),
-        "{}",
-        exited.stderr
-    );
+    // From the report, which the process writes before it exits (the log line that says the
+    // same may still be in the stderr pipe when the exit is seen).
+    assert_eq!(exited.report.closed_without_request, 2, "{}", exited.report);
 }
 
 #[test]
