@@ -103,11 +103,14 @@ pub(super) async fn connection<L, S, B>(
             () = state.request_started.notified(), if or_request => {}
         }
         loop {
+            let phase = shutdown.phase();
             let moment = Moment {
                 now: Instant::now(),
-                phase: shutdown.phase(),
+                phase,
                 wait_deadline: shutdown.deadline(Phase::WaitForWork),
-                restart: shutdown.shared.restarting(),
+                // Read only once stopping (it takes the trigger's lock), which is the only
+                // time the state machine looks at it.
+                restart: phase >= Phase::StopAccepting && shutdown.shared.restarting(),
             };
             match timeouts.next(moment, state.counters(crate::clock::read())) {
                 Action::Sleep {
