@@ -2,13 +2,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Response, StatusCode, Version};
 
-use super::DrainBody;
-use crate::{Phase, Shutdown, WorkGuard, WorkKind};
+use super::{DrainBody, DrainLayer};
+use crate::{Phase, WorkGuard, WorkKind};
 
 pin_project_lite::pin_project! {
     /// The future returned by [`Drain`](super::Drain).
@@ -33,9 +34,11 @@ pin_project_lite::pin_project! {
             // its response has been sent.
             guard: Option<WorkGuard>,
             version: Version,
-            // Read when the response is ready: a request that outlives stop-accepting is told
-            // to close its connection.
-            shutdown: Shutdown,
+            // Its shutdown is read when the response is ready: a request that outlives
+            // stop-accepting is told to close its connection. The service's own handle, not a
+            // `Shutdown` clone: under `serve` it is the connection's, whose count no other
+            // core touches.
+            layer: Arc<DrainLayer>,
         },
         Ready {
             response: Option<Response<bytes::Bytes>>,
@@ -48,14 +51,14 @@ impl<F> ResponseFuture<F> {
         future: F,
         guard: WorkGuard,
         version: Version,
-        shutdown: Shutdown,
+        layer: Arc<DrainLayer>,
     ) -> ResponseFuture<F> {
         ResponseFuture {
             kind: Kind::Inner {
                 future,
                 guard: Some(guard),
                 version,
-                shutdown,
+                layer,
             },
         }
     }
@@ -82,7 +85,7 @@ where
                 future,
                 guard,
                 version,
-                shutdown,
+                layer,
             } => {
                 let response = ready!(future.poll(cx))?;
                 let (mut parts, body) = response.into_parts();
@@ -103,7 +106,7 @@ where
                     guard.set_kind(WorkKind::Stream);
                 }
                 // After stop-accepting, tell an HTTP/1.x client not to reuse the connection.
-                if shutdown.phase() >= Phase::StopAccepting
+                if layer.shutdown.phase() >= Phase::StopAccepting
                     && *version <= Version::HTTP_11
                     && parts.status != StatusCode::SWITCHING_PROTOCOLS
                 {

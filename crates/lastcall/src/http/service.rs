@@ -49,6 +49,19 @@ impl<S> Drain<S> {
         self.inner
     }
 
+    /// A copy for one connection of [`serve`](super::serve), which holds the layer's
+    /// configuration in its own `Arc`: hyper clones the service for every request, and a
+    /// count shared by every connection would move between cores at each one.
+    pub(crate) fn for_connection(&self) -> Drain<S>
+    where
+        S: Clone,
+    {
+        Drain {
+            inner: self.inner.clone(),
+            layer: Arc::new(DrainLayer::clone(&self.layer)),
+        }
+    }
+
     /// The answer to a health path, if `path` is one.
     fn health(&self, path: &str) -> Option<Response<Bytes>> {
         let paths = self.layer.health.as_ref()?;
@@ -120,7 +133,7 @@ where
         label.push_str(target);
         let guard = shutdown.tracker().track(WorkKind::Request, label);
         let version = req.version();
-        ResponseFuture::inner(self.inner.call(req), guard, version, shutdown.clone())
+        ResponseFuture::inner(self.inner.call(req), guard, version, self.layer.clone())
     }
 }
 

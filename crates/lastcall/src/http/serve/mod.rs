@@ -146,8 +146,9 @@ where
     let local = listener.describe();
     let connections = TaskTracker::new();
     let without_request = shutdown.closed_without_request(); // counted into the report
-                                                             // Every connection is tracked from its accept, before its task first runs: right after a
-                                                             // burst, connections waiting to be polled must not leave the tracker looking idle.
+
+    // Every connection is tracked from its accept, before its task first runs: right after a
+    // burst, connections waiting to be polled must not leave the tracker looking idle.
     let spawn =
         |accepted: L::Accepted, peer: L::Addr, builder: &auto::Builder<TokioExecutor>, arrival| {
             L::prepare(&accepted);
@@ -165,7 +166,7 @@ where
                 accepted,
                 peer,
                 guard,
-                service.clone(),
+                for_connection(&service),
                 builder.clone(),
                 served,
                 arrival,
@@ -229,6 +230,32 @@ where
     Ok(())
 }
 
+/// The copy of `service` one connection is served with.
+///
+/// hyper clones a connection's service for every request. An axum `Router`, bare or in a
+/// [`Drain`](super::Drain), gets a copy of its own, with every route converted, as
+/// `axum::serve` gives each connection: otherwise a route added after the router's last
+/// `with_state` is converted (and allocated) at every request, and every request of every
+/// connection counts references on the same router and layer, whose counts then move
+/// between cores at each request.
+fn for_connection<S: Clone + 'static>(service: &S) -> S {
+    #[cfg_attr(not(feature = "axum"), allow(unused_mut))]
+    let mut copy = service.clone();
+    #[cfg(feature = "axum")]
+    {
+        let any: &mut dyn std::any::Any = &mut copy;
+        if let Some(router) = any.downcast_mut::<axum::Router>() {
+            *router = router.clone().with_state(());
+        } else if let Some(drain) = any.downcast_mut::<super::Drain<axum::Router>>() {
+            let mut own = drain.for_connection();
+            let router = own.get_mut();
+            *router = router.clone().with_state(());
+            *drain = own;
+        }
+    }
+    copy
+}
+
 /// [`serve`] for an already-bound standard listener (socket activation, tests).
 ///
 /// Needs the `http` feature.
@@ -253,6 +280,40 @@ where
     listener.set_nonblocking(true)?;
     serve(TcpListener::from_std(listener)?, service, shutdown, config).await
 }
+
+/// What [`serve`] asks of a service, held once for the functions a connection runs through:
+/// tower's `Service` for hyper's requests, cloned for each connection and request.
+pub(super) trait ServedService<B>:
+    Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ServedService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// What [`serve`] asks of a response body.
+pub(super) trait ServedBody:
+    Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ServedBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
 
 /// What every connection of one [`serve`] shares.
 struct Served {
