@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -21,9 +20,8 @@ use tower_service::Service;
 
 use super::linger::Lingering;
 use super::timeouts::{Action, Close, Counters, Limits, Moment, Timeouts};
-use super::{Listener, Served};
+use super::{Listener, Served, ServedBody, ServedService};
 use crate::http::body::Guarded;
-use crate::step::BoxError;
 use crate::{Phase, WorkGuard};
 
 pub(super) async fn connection<L, S, B>(
@@ -36,12 +34,8 @@ pub(super) async fn connection<L, S, B>(
     arrival: Arrival,
 ) where
     L: Listener,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ServedService<B>,
+    B: ServedBody,
 {
     let Served {
         shutdown,

@@ -2,34 +2,24 @@
 //! bounded at the shutdown like a request head half read.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tower_service::Service;
 
 use super::connection::{connection, Arrival};
 use super::listener::sealed::Handshake;
 use super::timeouts::{DEADLINE_MARGIN, HEAD_GRACE};
-use super::{Listener, Served};
-use crate::step::BoxError;
+use super::{Listener, Served, ServedBody, ServedService};
 use crate::{Phase, Shutdown, WorkGuard};
-
-/// How long a handshake in progress at stop-accepting may take to complete, at most (less
-/// when its handshake timeout has less left): the same grace as a request head half read, so
-/// a client that stalls its handshake cannot hold the shutdown.
-const HANDSHAKE_GRACE: Duration = HEAD_GRACE;
 
 /// Completes the connection's handshake, if it has one, then serves it.
 ///
 /// A connection in its handshake is tracked as [`WorkKind::Connection`] work, as it is once
 /// served, so the wait for work does not end under a client about to send a request. The
 /// handshake is bounded by the listener's timeout and, from stop-accepting on, by
-/// [`HANDSHAKE_GRACE`] and the wait-for-work deadline; one that does not complete is closed
-/// and, at the shutdown, counted as a connection closed without a request.
+/// [`HEAD_GRACE`] (the grace of a request head half read) and the wait-for-work deadline; one
+/// that does not complete is closed and, at the shutdown, counted as a connection closed
+/// without a request.
 pub(super) async fn handshake_then_serve<L, S, B>(
     accepted: L::Accepted,
     peer: L::Addr,
@@ -40,12 +30,8 @@ pub(super) async fn handshake_then_serve<L, S, B>(
     arrival: Arrival,
 ) where
     L: Listener,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ServedService<B>,
+    B: ServedBody,
 {
     let (handshake, timeout) = match L::handshake(accepted) {
         Handshake::Ready(io) => {
@@ -80,15 +66,15 @@ pub(super) async fn handshake_then_serve<L, S, B>(
     connection::<L, S, B>(io, peer, guard, service, builder, served, arrival).await;
 }
 
-/// Resolves when a handshake in progress has had its grace: [`HANDSHAKE_GRACE`] from
-/// stop-accepting (from now for a connection accepted after it), and never past
-/// [`DEADLINE_MARGIN`] before the wait-for-work deadline.
+/// Resolves when a handshake in progress has had its grace, the same as a request head half
+/// read: [`HEAD_GRACE`] from stop-accepting (from now for a connection accepted after it),
+/// and never past [`DEADLINE_MARGIN`] before the wait-for-work deadline.
 async fn grace_ended(shutdown: &Shutdown, arrival: Arrival) {
     if arrival == Arrival::BeforeStop {
         shutdown.reached(Phase::StopAccepting).await;
     }
     let now = tokio::time::Instant::now();
-    let mut until = now + HANDSHAKE_GRACE;
+    let mut until = now + HEAD_GRACE;
     if let Some(deadline) = shutdown.deadline(Phase::WaitForWork) {
         until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
     }
