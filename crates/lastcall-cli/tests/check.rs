@@ -2,16 +2,16 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use super::support;
+
 /// Runs `lastcall check` with `args`; returns the exit code and the parsed `--json` output.
 fn check(args: &[&str]) -> (Option<i32>, Value, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
-    command.arg("check").arg("--json").args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("LASTCALL_") {
-            command.env_remove(key);
-        }
-    }
-    let output = command.output().unwrap();
+    let output = support::lastcall()
+        .arg("check")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let json = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("--json printed no JSON ({e}); stderr:\n{stderr}"));
@@ -165,7 +165,7 @@ fn check_fails_a_service_that_exits_at_once_on_sigterm() {
 
 #[test]
 fn check_refuses_an_unknown_scenario_and_a_missing_command() {
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args(["check", "--only", "everything", "--demo"])
         .output()
         .unwrap();
@@ -175,10 +175,7 @@ fn check_refuses_an_unknown_scenario_and_a_missing_command() {
         stderr.contains("unknown scenario \"everything\""),
         "{stderr}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
-        .arg("check")
-        .output()
-        .unwrap();
+    let output = support::lastcall().arg("check").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to check"));
 }
@@ -298,7 +295,7 @@ fn interrupting_the_checker_leaves_no_service_behind() {
         return;
     }
     let token = format!("lastcall-ctrl-c-test-{}", std::process::id());
-    let mut checker = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let mut checker = support::lastcall()
         .args([
             "check", "--budget", "30s", "--only", "deadline", "--", "python3", FIXTURE, "hangs",
             &token,
@@ -549,7 +546,7 @@ fn a_slow_path_that_answers_at_once_stops_the_check_before_any_verdict() {
     if !python() {
         return;
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args([
             "check",
             "--budget",
@@ -608,7 +605,7 @@ fn no_drain_delay_grades_only_what_follows_the_close_on_the_reference_service() 
 
 #[test]
 fn a_start_failure_is_reported_once_with_the_services_stderr() {
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args([
             "check",
             "--",
@@ -630,7 +627,7 @@ fn repeat_reports_the_worst_run_with_counts_and_json_may_go_to_a_file() {
         return;
     }
     let file = std::env::temp_dir().join(format!("lastcall-check-{}.json", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args([
             "check",
             "--budget",
@@ -1031,7 +1028,7 @@ fn restart_fails_a_restart_that_refuses_connections_stops_or_is_ignored_with_the
 
 #[test]
 fn a_restart_signal_that_is_also_the_stop_signal_is_refused_before_anything_starts() {
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args(["check", "--restart-signal", "TERM", "--demo"])
         .output()
         .unwrap();
