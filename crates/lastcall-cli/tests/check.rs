@@ -2,39 +2,102 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// Runs `lastcall check` with `args`; returns the exit code and the parsed `--json` output.
-fn check(args: &[&str]) -> (Option<i32>, Value, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
-    command.arg("check").arg("--json").args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("LASTCALL_") {
-            command.env_remove(key);
+use super::support;
+
+/// What one run of `lastcall check --json` said.
+struct Checked {
+    code: Option<i32>,
+    json: Value,
+    stderr: String,
+}
+
+/// A scenario's verdict, as the JSON spells it.
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+use Verdict::{Fail, Pass, Skip};
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Pass => "pass",
+            Fail => "fail",
+            Skip => "skip",
         }
     }
-    let output = command.output().unwrap();
+}
+
+/// Runs `lastcall check --json` with `args`.
+fn check(args: &[&str]) -> Checked {
+    let output = support::lastcall()
+        .arg("check")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let json = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("--json printed no JSON ({e}); stderr:\n{stderr}"));
-    (output.status.code(), json, stderr)
+    Checked {
+        code: output.status.code(),
+        json,
+        stderr,
+    }
 }
 
-fn status<'a>(json: &'a Value, scenario: &str) -> (&'a str, &'a str) {
-    let found = json["scenarios"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["scenario"] == scenario)
-        .unwrap_or_else(|| panic!("no scenario {scenario} in {json}"));
-    (
-        found["status"].as_str().unwrap(),
-        found["reason"].as_str().unwrap_or(""),
-    )
+/// [`check`] of `bad_service.py` in `mode`, with a 3 s budget and `options` before the command.
+fn check_fixture(mode: &str, options: &[&str]) -> Checked {
+    let mut args = vec!["--budget", "3s"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["--", "python3", FIXTURE, mode]);
+    check(&args)
+}
+
+impl Checked {
+    /// Asserts the checker's exit code: 0 when no scenario failed, 1 when one did.
+    fn exits(&self, code: i32) -> &Checked {
+        assert_eq!(self.code, Some(code), "{:#}\n{}", self.json, self.stderr);
+        self
+    }
+
+    /// The status and the reason of `scenario`.
+    fn status(&self, scenario: &str) -> (&str, &str) {
+        let found = self.json["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["scenario"] == scenario)
+            .unwrap_or_else(|| panic!("no scenario {scenario} in {}", self.json));
+        (
+            found["status"].as_str().unwrap(),
+            found["reason"].as_str().unwrap_or(""),
+        )
+    }
+
+    /// Asserts that `scenario` ended as `verdict` with a reason that holds each of `says`
+    /// (`a|b`: one of them).
+    fn graded(&self, scenario: &str, verdict: Verdict, says: &[&str]) -> &Checked {
+        let (status, reason) = self.status(scenario);
+        assert_eq!(status, verdict.as_str(), "{scenario}: {:#}", self.json);
+        for text in says {
+            assert!(
+                text.split('|').any(|t| reason.contains(t)),
+                "{scenario}: expected {text:?} in {reason:?} ({})",
+                self.json["command"]
+            );
+        }
+        self
+    }
 }
 
 #[test]
 fn check_passes_the_reference_service_on_every_scenario() {
     let html = std::env::temp_dir().join(format!("lastcall-check-{}.html", std::process::id()));
-    let (code, json, stderr) = check(&["--demo", "--html", html.to_str().unwrap()]);
+    let Checked { code, json, stderr } = check(&["--demo", "--html", html.to_str().unwrap()]);
     assert_eq!(json["schema"], "lastcall-check/2");
     assert_eq!(json["baseline_exit"], "exit 0", "{json:#}\n{stderr}");
     let scenarios = json["scenarios"].as_array().unwrap();
@@ -142,30 +205,22 @@ fn check_fails_a_service_that_exits_at_once_on_sigterm() {
     if !python() {
         return;
     }
-    let (code, json, stderr) =
-        check(&["--budget", "3s", "--", "python3", FIXTURE, "exits-at-once"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert_eq!(json["passed"], false);
-    let (in_flight, reason) = status(&json, "in_flight");
-    assert_eq!(in_flight, "fail");
-    assert!(reason.contains("instead of 200"), "{reason}");
-    let (readiness, _) = status(&json, "readiness");
-    assert_eq!(readiness, "fail", "it never says 503");
-    let (deadline, reason) = status(&json, "deadline");
-    assert_eq!(deadline, "fail");
-    assert!(reason.contains("before budget"), "{reason}");
-    let (sse, reason) = status(&json, "sse");
-    assert_eq!(sse, "fail");
-    assert!(
-        reason.contains("cut") || reason.contains("reset"),
-        "{reason}"
-    );
-    assert_eq!(status(&json, "exit_status").0, "pass", "it does exit 0");
+    let checked = check_fixture("exits-at-once", &[]);
+    checked
+        .exits(1)
+        .graded("in_flight", Fail, &["instead of 200"])
+        // It never says 503.
+        .graded("readiness", Fail, &[])
+        .graded("deadline", Fail, &["before budget"])
+        .graded("sse", Fail, &["cut|reset"])
+        // It does exit 0.
+        .graded("exit_status", Pass, &[]);
+    assert_eq!(checked.json["passed"], false);
 }
 
 #[test]
 fn check_refuses_an_unknown_scenario_and_a_missing_command() {
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args(["check", "--only", "everything", "--demo"])
         .output()
         .unwrap();
@@ -175,10 +230,7 @@ fn check_refuses_an_unknown_scenario_and_a_missing_command() {
         stderr.contains("unknown scenario \"everything\""),
         "{stderr}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
-        .arg("check")
-        .output()
-        .unwrap();
+    let output = support::lastcall().arg("check").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to check"));
 }
@@ -223,30 +275,12 @@ fn check_fails_each_broken_service_on_the_scenario_it_breaks_with_the_reason() {
         ),
     ];
     for (mode, options, scenario, expected) in cases {
-        let mut args = vec!["--budget", "3s"];
-        args.extend_from_slice(options);
-        args.extend_from_slice(&["--", "python3", FIXTURE, mode]);
-        let (code, json, stderr) = check(&args);
-        assert_eq!(code, Some(1), "{mode}: {json:#}\n{stderr}");
-        let (status, reason) = status(&json, scenario);
-        assert_eq!(status, "fail", "{mode}: {json:#}");
-        assert!(
-            expected.split('|').any(|e| reason.contains(e)),
-            "{mode}: expected {expected:?} in {reason:?}"
-        );
+        check_fixture(mode, options)
+            .exits(1)
+            .graded(scenario, Fail, &[*expected]);
     }
     // What severs-sse gets right passes: verdicts are per scenario.
-    let (code, json, _) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "exit_status,readiness",
-        "--",
-        "python3",
-        FIXTURE,
-        "severs-sse",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}");
+    check_fixture("severs-sse", &["--only", "exit_status,readiness"]).exits(0);
 }
 
 #[test]
@@ -260,11 +294,13 @@ fn check_passes_a_graceful_service_written_in_node() {
         return;
     }
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/graceful.js");
-    let (code, json, stderr) = check(&["--budget", "3s", "--", "node", fixture]);
+    let checked = check(&["--budget", "3s", "--", "node", fixture]);
     assert!(
-        status(&json, "http2").1.contains("does not speak HTTP/2"),
-        "{json:#}"
+        checked.status("http2").1.contains("does not speak HTTP/2"),
+        "{:#}",
+        checked.json
     );
+    let Checked { code, json, stderr } = checked;
     for scenario in json["scenarios"].as_array().unwrap() {
         // It has no WebSocket endpoint and speaks HTTP/1.1 only: skips, with the reason.
         let skipped = ["websocket", "http2"].contains(&scenario["scenario"].as_str().unwrap());
@@ -292,13 +328,27 @@ fn processes_with(token: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Waits, 10 s at most, until no process's command line holds `token`; `left` says what a
+/// process still there is.
+fn assert_none_left_with(token: &str, left: &str) {
+    let since = std::time::Instant::now();
+    while !processes_with(token).is_empty() {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(10),
+            "{left}: {:?}",
+            processes_with(token)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn interrupting_the_checker_leaves_no_service_behind() {
     if !python() {
         return;
     }
     let token = format!("lastcall-ctrl-c-test-{}", std::process::id());
-    let mut checker = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let mut checker = support::lastcall()
         .args([
             "check", "--budget", "30s", "--only", "deadline", "--", "python3", FIXTURE, "hangs",
             &token,
@@ -328,15 +378,7 @@ fn interrupting_the_checker_leaves_no_service_behind() {
     )
     .unwrap();
     assert_eq!(checker.wait().unwrap().code(), Some(130));
-    let stopped = std::time::Instant::now();
-    while !processes_with(&token).is_empty() {
-        assert!(
-            stopped.elapsed() < std::time::Duration::from_secs(10),
-            "the service outlived the checker: {:?}",
-            processes_with(&token)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_none_left_with(&token, "the service outlived the checker");
 }
 
 #[test]
@@ -353,7 +395,7 @@ fn check_passes_the_readme_s_first_example_on_every_scenario() {
         "{} is missing: run `cargo test --workspace`, which builds lastcall's examples",
         example.display()
     );
-    let (code, json, stderr) = check(&["--", example.to_str().unwrap()]);
+    let Checked { code, json, stderr } = check(&["--", example.to_str().unwrap()]);
     for scenario in json["scenarios"].as_array().unwrap() {
         // It has no WebSocket route: that scenario is a skip, saying so.
         if scenario["scenario"] == "websocket" && scenario["status"] == "skip" {
@@ -376,7 +418,7 @@ fn check_fails_a_server_that_a_wrapper_shell_keeps_from_the_signal_and_names_exe
     }
     // No `exec`: the shell gets SIGTERM and dies; the server keeps serving the port.
     let wrapped = format!("python3 {FIXTURE} graceful; true");
-    let (code, json, stderr) = check(&[
+    let checked = check(&[
         "--budget",
         "3s",
         "--only",
@@ -386,16 +428,13 @@ fn check_fails_a_server_that_a_wrapper_shell_keeps_from_the_signal_and_names_exe
         "-c",
         &wrapped,
     ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
+    checked.exits(1);
     for scenario in ["in_flight", "exit_status"] {
-        let (status, reason) = status(&json, scenario);
-        assert_eq!(status, "fail", "{json:#}");
-        assert!(reason.contains("still listens"), "{reason}");
-        assert!(reason.contains("`exec`"), "{reason}");
+        checked.graded(scenario, Fail, &["still listens", "`exec`"]);
     }
     // The same server run directly, with its port passed as a flag through `{port}` (PORT is
     // set wrong on purpose), passes.
-    let (code, json, stderr) = check(&[
+    check(&[
         "--budget",
         "3s",
         "--only",
@@ -408,8 +447,8 @@ fn check_fails_a_server_that_a_wrapper_shell_keeps_from_the_signal_and_names_exe
         "graceful",
         "--port",
         "{port}",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    ])
+    .exits(0);
 }
 
 #[test]
@@ -418,21 +457,9 @@ fn second_signal_sends_its_signals_into_a_request_in_flight_and_names_the_one_th
         return;
     }
     // Readiness says 200 until the work is done: signals sent once it changes come too late.
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "second_signal",
-        "--",
-        "python3",
-        FIXTURE,
-        "second-signal-exits",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (status, reason) = status(&json, "second_signal");
-    assert_eq!(status, "fail");
-    assert!(reason.contains("the SIGTERM sent"), "{reason}");
-    assert!(reason.contains("cut it"), "{reason}");
+    check_fixture("second-signal-exits", &["--only", "second_signal"])
+        .exits(1)
+        .graded("second_signal", Fail, &["the SIGTERM sent", "cut it"]);
 }
 
 #[test]
@@ -441,32 +468,14 @@ fn second_signal_does_not_fail_a_service_for_its_last_moments_after_the_work_is_
         return;
     }
     // Default signal handlers for the last 300 ms of the exit, as a multi-process master's.
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "second_signal,exit_status",
-        "--",
-        "python3",
-        FIXTURE,
-        "lingers-at-exit",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    check_fixture("lingers-at-exit", &["--only", "second_signal,exit_status"]).exits(0);
     // And with no repeated signal, there is nothing to grade.
-    let (code, json, _) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "second_signal",
-        "--repeat-signal",
-        "none",
-        "--",
-        "python3",
-        FIXTURE,
+    check_fixture(
         "graceful",
-    ]);
-    assert_eq!(code, Some(0));
-    assert_eq!(status(&json, "second_signal").0, "skip");
+        &["--only", "second_signal", "--repeat-signal", "none"],
+    )
+    .exits(0)
+    .graded("second_signal", Skip, &[]);
 }
 
 #[test]
@@ -475,47 +484,27 @@ fn deadline_fails_a_cut_that_exits_as_a_clean_shutdown_does_even_by_signal() {
         return;
     }
     // Every exit is a re-raised SIGTERM, after a clean shutdown and after a cut alike.
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "deadline,exit_status",
-        "--",
-        "python3",
-        FIXTURE,
-        "reraises",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    assert_eq!(json["baseline_exit"], "killed by SIGTERM");
-    let (deadline, reason) = status(&json, "deadline");
-    assert_eq!(deadline, "fail");
-    assert!(
-        reason.contains("the same as after a clean shutdown"),
-        "{reason}"
-    );
-    let (exit, reason) = status(&json, "exit_status");
-    assert_eq!(exit, "fail", "exit 0 is expected by default");
-    assert!(reason.contains("killed by SIGTERM"), "{reason}");
+    let checked = check_fixture("reraises", &["--only", "deadline,exit_status"]);
+    checked
+        .exits(1)
+        .graded("deadline", Fail, &["the same as after a clean shutdown"])
+        // Exit 0 is expected by default.
+        .graded("exit_status", Fail, &["killed by SIGTERM"]);
+    assert_eq!(checked.json["baseline_exit"], "killed by SIGTERM");
     // Death by the stop signal may be accepted as clean; the cut still fails.
-    let (_, json, _) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "deadline,exit_status",
-        "--expect-exit",
-        "0,signal",
-        "--",
-        "python3",
-        FIXTURE,
+    check_fixture(
         "reraises",
-    ]);
-    assert_eq!(status(&json, "exit_status").0, "pass", "{json:#}");
-    assert_eq!(status(&json, "deadline").0, "fail", "{json:#}");
+        &[
+            "--only",
+            "deadline,exit_status",
+            "--expect-exit",
+            "0,signal",
+        ],
+    )
+    .graded("exit_status", Pass, &[])
+    .graded("deadline", Fail, &[]);
     // The graceful mode exits 3 after a cut and 0 when clean: a pass.
-    let (code, json, _) = check(&[
-        "--budget", "3s", "--only", "deadline", "--", "python3", FIXTURE, "graceful",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}");
+    check_fixture("graceful", &["--only", "deadline"]).exits(0);
 }
 
 #[test]
@@ -524,7 +513,7 @@ fn a_cut_long_before_the_budget_fails_deadline_and_in_flight() {
         return;
     }
     // It cuts at the drain delay + 1.2 s, with a 5 s budget.
-    let (code, json, stderr) = check(&[
+    check(&[
         "--budget",
         "5s",
         "--only",
@@ -533,15 +522,10 @@ fn a_cut_long_before_the_budget_fails_deadline_and_in_flight() {
         "python3",
         FIXTURE,
         "cuts-early",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (deadline, reason) = status(&json, "deadline");
-    assert_eq!(deadline, "fail");
-    assert!(reason.contains("before budget"), "{reason}");
-    assert!(reason.contains("at least 3000 ms"), "{reason}");
-    let (in_flight, reason) = status(&json, "in_flight");
-    assert_eq!(in_flight, "fail");
-    assert!(reason.contains("instead of 200"), "{reason}");
+    ])
+    .exits(1)
+    .graded("deadline", Fail, &["before budget", "at least 3000 ms"])
+    .graded("in_flight", Fail, &["instead of 200"]);
 }
 
 #[test]
@@ -549,7 +533,7 @@ fn a_slow_path_that_answers_at_once_stops_the_check_before_any_verdict() {
     if !python() {
         return;
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args([
             "check",
             "--budget",
@@ -573,42 +557,30 @@ fn keep_alive_scenarios_are_skipped_on_a_server_without_keep_alive() {
     if !python() {
         return;
     }
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "idle_connections,keep_alive",
-        "--",
-        "python3",
-        FIXTURE,
-        "no-keep-alive",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    let checked = check_fixture("no-keep-alive", &["--only", "idle_connections,keep_alive"]);
+    checked.exits(0);
     for scenario in ["idle_connections", "keep_alive"] {
-        let (status, reason) = status(&json, scenario);
-        assert_eq!(status, "skip", "{json:#}");
-        assert!(reason.contains("no keep-alive"), "{reason}");
+        checked.graded(scenario, Skip, &["no keep-alive"]);
     }
 }
 
 #[test]
 fn no_drain_delay_grades_only_what_follows_the_close_on_the_reference_service() {
-    let (code, json, stderr) = check(&[
+    let checked = check(&[
         "--demo",
         "--drain-delay",
         "0s",
         "--only",
         "keep_alive,readiness",
     ]);
-    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
-    assert_eq!(status(&json, "keep_alive").0, "pass");
+    checked.exits(0).graded("keep_alive", Pass, &[]);
     // Readiness may be caught saying 503 in the instant before the listener closes, or not.
-    assert_ne!(status(&json, "readiness").0, "fail");
+    assert_ne!(checked.status("readiness").0, "fail");
 }
 
 #[test]
 fn a_start_failure_is_reported_once_with_the_services_stderr() {
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args([
             "check",
             "--",
@@ -630,7 +602,7 @@ fn repeat_reports_the_worst_run_with_counts_and_json_may_go_to_a_file() {
         return;
     }
     let file = std::env::temp_dir().join(format!("lastcall-check-{}.json", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args([
             "check",
             "--budget",
@@ -653,9 +625,15 @@ fn repeat_reports_the_worst_run_with_counts_and_json_may_go_to_a_file() {
     );
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let _ = std::fs::remove_file(&file);
-    let (in_flight, reason) = status(&json, "in_flight");
+    let checked = Checked {
+        code: output.status.code(),
+        json,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let (in_flight, reason) = checked.status("in_flight");
     assert_eq!(in_flight, "fail");
     assert!(reason.starts_with("failed 2 of 2 runs"), "{reason}");
+    let json = &checked.json;
     let scenarios = json["scenarios"].as_array().unwrap();
     assert!(scenarios.iter().all(|s| s["runs"] == 2), "{json:#}");
 }
@@ -665,27 +643,10 @@ fn load_fails_requests_refused_while_readiness_still_said_200() {
     if !python() {
         return;
     }
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "load",
-        "--",
-        "python3",
-        FIXTURE,
-        "rejects-while-ready",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (load, reason) = status(&json, "load");
-    assert_eq!(load, "fail");
-    assert!(
-        reason.contains("while readiness still answered 200"),
-        "{reason}"
-    );
-    let (code, json, _) = check(&[
-        "--budget", "3s", "--only", "load", "--", "python3", FIXTURE, "graceful",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}");
+    check_fixture("rejects-while-ready", &["--only", "load"])
+        .exits(1)
+        .graded("load", Fail, &["while readiness still answered 200"]);
+    check_fixture("graceful", &["--only", "load"]).exits(0);
 }
 
 #[test]
@@ -693,21 +654,9 @@ fn load_fails_server_errors_after_the_signal_even_once_readiness_said_503() {
     if !python() {
         return;
     }
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "load",
-        "--",
-        "python3",
-        FIXTURE,
-        "errors-while-stopping",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (load, reason) = status(&json, "load");
-    assert_eq!(load, "fail");
-    assert!(reason.contains("answered with a server error"), "{reason}");
-    assert!(reason.contains("500"), "{reason}");
+    check_fixture("errors-while-stopping", &["--only", "load"])
+        .exits(1)
+        .graded("load", Fail, &["answered with a server error", "500"]);
 }
 
 #[test]
@@ -715,31 +664,10 @@ fn slow_clients_fails_a_drain_that_waits_for_connections_without_a_whole_request
     if !python() {
         return;
     }
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "slow_clients",
-        "--",
-        "python3",
-        FIXTURE,
-        "waits-for-connections",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (slow, reason) = status(&json, "slow_clients");
-    assert_eq!(slow, "fail");
-    assert!(reason.contains("half-sent request head"), "{reason}");
-    let (code, json, _) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "slow_clients",
-        "--",
-        "python3",
-        FIXTURE,
-        "graceful",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}");
+    check_fixture("waits-for-connections", &["--only", "slow_clients"])
+        .exits(1)
+        .graded("slow_clients", Fail, &["half-sent request head"]);
+    check_fixture("graceful", &["--only", "slow_clients"]).exits(0);
 }
 
 #[test]
@@ -747,51 +675,18 @@ fn websocket_fails_a_session_cut_without_a_close_frame_and_skips_a_server_withou
     if !python() {
         return;
     }
-    let (code, json, stderr) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "websocket",
-        "--",
-        "python3",
-        FIXTURE,
-        "severs-sse",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (ws, reason) = status(&json, "websocket");
-    assert_eq!(ws, "fail");
-    assert!(
-        reason.contains("without a WebSocket close frame"),
-        "{reason}"
-    );
-    let (code, json, _) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "websocket",
-        "--",
-        "python3",
-        FIXTURE,
+    check_fixture("severs-sse", &["--only", "websocket"])
+        .exits(1)
+        .graded("websocket", Fail, &["without a WebSocket close frame"]);
+    check_fixture("graceful", &["--only", "websocket"])
+        .exits(0)
+        .graded("websocket", Pass, &[]);
+    check_fixture(
         "graceful",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}");
-    assert_eq!(status(&json, "websocket").0, "pass");
-    let (code, json, _) = check(&[
-        "--budget",
-        "3s",
-        "--only",
-        "websocket",
-        "--ws-path",
-        "/nowhere",
-        "--",
-        "python3",
-        FIXTURE,
-        "graceful",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}");
-    let (ws, reason) = status(&json, "websocket");
-    assert_eq!(ws, "skip");
-    assert!(reason.contains("does not speak WebSocket"), "{reason}");
+        &["--only", "websocket", "--ws-path", "/nowhere"],
+    )
+    .exits(0)
+    .graded("websocket", Skip, &["does not speak WebSocket"]);
 }
 
 /// Whether node can run the Node.js fixtures (fails instead under `LCTEST_REQUIRE_SERVICES=1`).
@@ -813,17 +708,15 @@ fn http2_fails_a_server_that_closes_its_connections_without_goaway() {
         return;
     }
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/h2_service.js");
-    let (code, json, stderr) = check(&[
+    check(&[
         "--budget", "3s", "--only", "http2", "--", "node", fixture, "abrupt",
-    ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (http2, reason) = status(&json, "http2");
-    assert_eq!(http2, "fail");
-    assert!(reason.contains("without a GOAWAY"), "{reason}");
-    let (code, json, stderr) = check(&[
+    ])
+    .exits(1)
+    .graded("http2", Fail, &["without a GOAWAY"]);
+    check(&[
         "--budget", "3s", "--only", "http2", "--", "node", fixture, "graceful",
-    ]);
-    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    ])
+    .exits(0);
 }
 
 #[test]
@@ -833,7 +726,7 @@ fn pre_stop_readiness_url_and_host_are_options_a_graceful_service_passes_with() 
     }
     // Readiness from a URL (the service's own port through `{port}`; --ready-path would 404),
     // a preStop played before each signal, and the service's address by name.
-    let (code, json, stderr) = check(&[
+    let checked = check(&[
         "--budget",
         "3s",
         "--only",
@@ -851,9 +744,9 @@ fn pre_stop_readiness_url_and_host_are_options_a_graceful_service_passes_with() 
         FIXTURE,
         "graceful",
     ]);
-    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
-    assert_eq!(json["pre_stop_ms"], 500);
-    assert_eq!(json["host"], "127.0.0.1");
+    checked.exits(0);
+    assert_eq!(checked.json["pre_stop_ms"], 500);
+    assert_eq!(checked.json["host"], "127.0.0.1");
 }
 
 #[test]
@@ -863,7 +756,7 @@ fn a_server_that_documents_another_graceful_signal_gets_a_hint_when_sigterm_cuts
     }
     // The shell's $0 names the server, as a wrapper script for nginx would.
     let exec = format!("exec python3 {FIXTURE} exits-at-once");
-    let (code, json, _) = check(&[
+    let checked = check(&[
         "--budget",
         "3s",
         "--only",
@@ -874,11 +767,11 @@ fn a_server_that_documents_another_graceful_signal_gets_a_hint_when_sigterm_cuts
         &exec,
         "nginx",
     ]);
-    assert_eq!(code, Some(1), "{json:#}");
+    let json = &checked.exits(1).json;
     let hint = json["hints"][0].as_str().unwrap_or_default();
     assert!(hint.contains("--signal SIGQUIT"), "{json:#}");
     // With the graceful signal, no hint.
-    let (_, json, _) = check(&[
+    let Checked { json, .. } = check(&[
         "--budget",
         "3s",
         "--only",
@@ -921,7 +814,7 @@ fn restart_passes_a_service_that_hands_its_listener_to_a_successor_and_leaves_no
     let html = std::env::temp_dir().join(format!("{token}.html"));
     // The successor starts a session of its own: killing the group the checker started
     // would not reach it.
-    let (code, json, stderr) = check(&[
+    let checked = check(&[
         "--budget",
         "3s",
         "--html",
@@ -942,10 +835,10 @@ fn restart_passes_a_service_that_hands_its_listener_to_a_successor_and_leaves_no
         &token,
     ]);
     let _ = std::fs::remove_file(&pid_file);
-    assert_eq!(code, Some(0), "{json:#}\n{stderr}");
+    checked.exits(0).graded("restart", Pass, &[]);
+    let json = &checked.json;
     assert_eq!(json["restart_signal"], "SIGHUP");
-    assert_eq!(status(&json, "restart").0, "pass", "{json:#}");
-    let report = restart_report(&json);
+    let report = restart_report(json);
     assert_ne!(report["new_pid"], report["old_pid"], "{report:#}");
     assert_eq!(report["pid_file_pid"], report["new_pid"], "{report:#}");
     assert_eq!(report["successor_in_process_group"], false, "{report:#}");
@@ -958,15 +851,7 @@ fn restart_passes_a_service_that_hands_its_listener_to_a_successor_and_leaves_no
         "{report:#}"
     );
     // The checker killed the successor, which was outside its process group.
-    let done = std::time::Instant::now();
-    while !processes_with(&token).is_empty() {
-        assert!(
-            done.elapsed() < std::time::Duration::from_secs(10),
-            "the successor outlived the check: {:?}",
-            processes_with(&token)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_none_left_with(&token, "the successor outlived the check");
     // The HTML report has its section, with the signal and the successor on its timeline.
     let page = std::fs::read_to_string(&html).unwrap();
     let _ = std::fs::remove_file(&html);
@@ -1005,7 +890,7 @@ fn restart_fails_a_restart_that_refuses_connections_stops_or_is_ignored_with_the
         ),
     ];
     for (mode, expected) in cases {
-        let (code, json, stderr) = check(&[
+        check(&[
             "--budget",
             "3s",
             "--only",
@@ -1016,22 +901,15 @@ fn restart_fails_a_restart_that_refuses_connections_stops_or_is_ignored_with_the
             "python3",
             RESTART_FIXTURE,
             mode,
-        ]);
-        assert_eq!(code, Some(1), "{mode}: {json:#}\n{stderr}");
-        let (status, reason) = status(&json, "restart");
-        assert_eq!(status, "fail", "{mode}: {json:#}");
-        for text in *expected {
-            assert!(
-                reason.contains(text),
-                "{mode}: expected {text:?} in {reason:?}"
-            );
-        }
+        ])
+        .exits(1)
+        .graded("restart", Fail, expected);
     }
 }
 
 #[test]
 fn a_restart_signal_that_is_also_the_stop_signal_is_refused_before_anything_starts() {
-    let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+    let output = support::lastcall()
         .args(["check", "--restart-signal", "TERM", "--demo"])
         .output()
         .unwrap();
@@ -1055,7 +933,7 @@ fn restart_kills_a_successor_that_never_became_ready_even_outside_its_process_gr
     let token = format!("lastcall-never-ready-test-{}", std::process::id());
     // The successor drops the socket and waits forever, in a session of its own; the old
     // process would kill it only after 10 s, long after the check is over.
-    let (code, json, stderr) = check(&[
+    let checked = check(&[
         "--budget",
         "3s",
         "--only",
@@ -1069,22 +947,11 @@ fn restart_kills_a_successor_that_never_became_ready_even_outside_its_process_gr
         "--new-session",
         &token,
     ]);
-    assert_eq!(code, Some(1), "{json:#}\n{stderr}");
-    let (status, reason) = status(&json, "restart");
-    assert_eq!(status, "fail");
-    assert!(reason.contains("rolled back"), "{reason}");
+    checked.exits(1).graded("restart", Fail, &["rolled back"]);
     assert_eq!(
-        restart_report(&json)["failed"],
+        restart_report(&checked.json)["failed"],
         0,
         "the old process kept serving"
     );
-    let done = std::time::Instant::now();
-    while !processes_with(&token).is_empty() {
-        assert!(
-            done.elapsed() < std::time::Duration::from_secs(10),
-            "the successor outlived the check: {:?}",
-            processes_with(&token)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_none_left_with(&token, "the successor outlived the check");
 }

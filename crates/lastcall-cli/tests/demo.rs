@@ -1,20 +1,18 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Bounds a hang; not a measurement.
-const PATIENCE: Duration = Duration::from_secs(30);
+use super::support::{self, Child, PATIENCE};
 
 struct Demo {
     child: Child,
     addr: String,
-    stderr: Arc<Mutex<String>>,
     _db: Option<TempDb>,
 }
 
@@ -49,60 +47,30 @@ impl Demo {
 
     /// A demo on a database the caller keeps, so a second start finds the first one's data.
     fn start_on(db: &std::path::Path, env: &[(&str, &str)]) -> Demo {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
+        let mut command = support::lastcall();
         command
             .arg("demo")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("LASTCALL_") {
-                command.env_remove(key);
-            }
-        }
-        command
             .env("PORT", "0")
             .env("LASTCALL_DEMO_DB", db)
             .envs(env.iter().copied());
-        let mut child = command.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut child = Child::spawn(&mut command);
+        // Only the address line is read: the demo then runs with its stdout's reader gone.
+        let line = child.first_line();
         let addr = line
-            .trim()
             .strip_prefix("lastcall demo listening on http://")
-            .unwrap_or_else(|| {
-                panic!(
-                    "no address line ({line:?}); stderr:\n{}",
-                    stderr.lock().unwrap()
-                )
-            })
+            .unwrap_or_else(|| panic!("no address line ({line:?}); stderr:\n{}", child.stderr()))
             .to_owned();
         Demo {
             child,
             addr,
-            stderr,
             _db: None,
         }
     }
 
     fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        self.child.signal(signal);
     }
 
     fn connect(&self) -> TcpStream {
@@ -111,24 +79,9 @@ impl Demo {
         stream
     }
 
-    fn wait(mut self) -> (ExitStatus, String) {
-        let until = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = self.child.kill();
-                panic!(
-                    "the demo did not exit; stderr:\n{}",
-                    self.stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status, stderr)
+    /// Waits for the exit and the end of stderr: the status and the whole stderr.
+    fn wait(self) -> (ExitStatus, String) {
+        self.child.wait()
     }
 }
 
@@ -168,7 +121,7 @@ fn a_slow_request_in_flight_at_sigterm_completes_and_the_demo_exits_0() {
     assert!(
         ready.starts_with("HTTP/1.1 200"),
         "{ready:?} {}",
-        demo.stderr.lock().unwrap()
+        demo.child.stderr()
     );
     let order = get(&demo, "/orders/7");
     assert!(
@@ -255,21 +208,14 @@ fn an_sse_client_is_ended_with_a_final_event_and_the_demo_exits_0() {
 
 #[test]
 fn bad_configuration_stops_the_demo_at_startup_with_78() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lastcall"))
-        .args(["demo", "--port", "0"])
-        .env("LASTCALL_BUDGET", "soon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(78), "{stderr}");
+    let child = Child::spawn(
+        support::lastcall()
+            .args(["demo", "--port", "0"])
+            .env("LASTCALL_BUDGET", "soon")
+            .stdout(Stdio::null()),
+    );
+    let (status, stderr) = child.wait();
+    assert_eq!(status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("LASTCALL_BUDGET=\"soon\" is not a duration"),
         "{stderr}"
@@ -409,19 +355,18 @@ fn under_socket_activation_the_demo_serves_the_connection_that_started_it() {
         .unwrap()
         .port();
     let db = TempDb::new("activation");
-    let mut child = Command::new(activate)
-        .arg("-l")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-E")
-        .arg(format!("LASTCALL_DEMO_DB={}", db.0.display()))
-        .args(["-E", "LASTCALL_DRAIN_DELAY=0s", "-E", "RUST_LOG=info"])
-        .arg(env!("CARGO_BIN_EXE_lastcall"))
-        .arg("demo")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Child::spawn(
+        Command::new(activate)
+            .arg("-l")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-E")
+            .arg(format!("LASTCALL_DEMO_DB={}", db.0.display()))
+            .args(["-E", "LASTCALL_DRAIN_DELAY=0s", "-E", "RUST_LOG=info"])
+            .arg(env!("CARGO_BIN_EXE_lastcall"))
+            .arg("demo")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    );
     // systemd-socket-activate listens first and starts the demo on the first connection.
     let until = Instant::now() + PATIENCE;
     let mut stream = loop {
@@ -441,24 +386,13 @@ fn under_socket_activation_the_demo_serves_the_connection_that_started_it() {
     .unwrap();
     let answer = read_to_close(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
     assert_eq!(
-        line.trim(),
+        child.first_line(),
         format!("lastcall demo listening on http://127.0.0.1:{port}"),
         "the demo serves the inherited socket"
     );
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    child.signal(Signal::SIGTERM);
+    let (status, stderr) = child.wait();
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
 
@@ -475,7 +409,7 @@ fn a_bad_port_or_database_variable_is_a_configuration_error_naming_it() {
             "cannot open the database",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_lastcall"))
+        let output = support::lastcall()
             .arg("demo")
             .env(key, value)
             .output()
@@ -674,7 +608,7 @@ fn a_confirm_job_in_flight_at_a_restart_finishes_on_the_old_process_and_is_confi
         assert!(
             Instant::now() < until,
             "no successor; stderr:\n{}",
-            demo.stderr.lock().unwrap()
+            demo.child.stderr()
         );
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -684,7 +618,8 @@ fn a_confirm_job_in_flight_at_a_restart_finishes_on_the_old_process_and_is_confi
     let order = wait_for_job(&demo, id, "done");
     assert_eq!(order["status"], "confirmed", "{order}");
     let addr = demo.addr.clone();
-    let (status, stderr) = demo.wait();
+    // The successor holds the stderr it inherited: the old process's summary is its end.
+    let (status, stderr) = demo.child.wait_for_last("shutdown finished");
     assert_eq!(
         status.code(),
         Some(0),

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Bounds a hang; not a measurement.
-const PATIENCE: Duration = Duration::from_secs(30);
+use super::support::{self, PATIENCE};
 
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -32,13 +31,7 @@ impl Drop for Killed {
 }
 
 fn start_demo(port: u16, db: &std::path::Path) -> Killed {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lastcall"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("LASTCALL_") {
-            command.env_remove(key);
-        }
-    }
-    let child = command
+    let child = support::lastcall()
         .arg("demo")
         .env("PORT", port.to_string())
         .env("LASTCALL_DEMO_DB", db)

@@ -9,5 +9,7 @@ mod demo;
 mod check;
 // A short rolling restart of `lastcall demo` behind HAProxy.
 mod rolling;
+// The child-process harness: the binary without the test's own settings, collected stderr.
+mod support;
 // `lastcall plan` on the shipped deployment files and on each kind of mistake, per platform.
 mod plan;

@@ -1,29 +1,18 @@
 //! The fixture example as a child process, driven with real signals from `nix`.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use lastcall::report::{PhaseOutcome, Report, StepOutcome, TriggerCause};
 use lastcall::{Exit, Phase, WorkKind};
-use nix::sys::signal::{kill, Signal as NixSignal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal as NixSignal;
 
-/// Generous: these bound a hang, they do not measure speed.
-const PATIENCE: Duration = Duration::from_secs(30);
+use super::support::{self, Child, Stderr, PATIENCE};
 
 struct Fixture {
     child: Child,
-    lines: Receiver<String>,
+    /// Every stdout line read so far.
     stdout: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-    /// The read end of a stderr pipe nobody reads, held open so that writers block.
-    _unread: Option<std::process::ChildStderr>,
-    /// Disconnected once stderr has been read to its end.
-    stderr_read: Option<mpsc::Receiver<()>>,
 }
 
 struct Ended {
@@ -33,91 +22,24 @@ struct Ended {
     report: Option<Report>,
 }
 
-fn fixture_path() -> PathBuf {
-    // tests run from target/<profile>/deps/; cargo builds examples into target/<profile>/examples/.
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps");
-    let path = profile_dir.join("examples").join("fixture");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
-
 impl Fixture {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Fixture {
-        Fixture::start_with(args, env, true)
+        Fixture::start_with(args, env, Stderr::Read)
     }
 
     /// Starts the fixture with its stderr a pipe that is never read: once the pipe's buffer
     /// is full, every write to stderr blocks, as under Docker's blocking log mode.
     fn ready_with_unread_stderr(args: &[&str], env: &[(&str, &str)]) -> Fixture {
-        let mut fixture = Fixture::start_with(args, env, false);
+        let mut fixture = Fixture::start_with(args, env, Stderr::Unread);
         fixture.wait_for("ready");
         fixture
     }
 
-    fn start_with(args: &[&str], env: &[(&str, &str)], read_stderr: bool) -> Fixture {
-        let mut command = Command::new(fixture_path());
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("LASTCALL_") {
-                command.env_remove(key);
-            }
-        }
-        command.env("RUST_LOG", "info").envs(env.iter().copied());
-        let mut child = command.spawn().expect("spawn the fixture");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().expect("piped stderr");
-        if !read_stderr {
-            return Fixture {
-                child,
-                lines,
-                stdout: Vec::new(),
-                stderr,
-                _unread: Some(err),
-                stderr_read: None,
-            };
-        }
-        let sink = stderr.clone();
-        let (read_to_end, stderr_read) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            let _read_to_end = read_to_end;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+    fn start_with(args: &[&str], env: &[(&str, &str)], stderr: Stderr) -> Fixture {
+        let mut command = support::command(&support::example("fixture"), args, env);
         Fixture {
-            child,
-            lines,
+            child: Child::spawn(&mut command, stderr),
             stdout: Vec::new(),
-            stderr,
-            _unread: None,
-            stderr_read: Some(stderr_read),
         }
     }
 
@@ -131,68 +53,28 @@ impl Fixture {
     fn wait_for(&mut self, wanted: &str) {
         let until = Instant::now() + PATIENCE;
         loop {
-            match self
-                .lines
-                .recv_timeout(until.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    let found = line == wanted;
-                    self.stdout.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no {wanted:?} line; stderr:\n{}", self.stderr())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "fixture exited before {wanted:?}; stderr:\n{}",
-                        self.stderr()
-                    )
-                }
+            let line = self.child.next_line(until, wanted);
+            let found = line == wanted;
+            self.stdout.push(line);
+            if found {
+                return;
             }
         }
     }
 
     fn signal(&self, signal: NixSignal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the fixture");
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.child.signal(signal);
     }
 
     fn wait(mut self) -> Ended {
-        let until = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the fixture") {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = self.child.kill();
-                panic!("the fixture did not exit; stderr:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        // stdout closes when the process ends; collect what is left.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.stdout.push(line);
-        }
-        // stderr too: its reader ends at the pipe's end, which the process's exit brings.
-        if let Some(read) = &self.stderr_read {
-            let _ = read.recv_timeout(Duration::from_secs(5));
-        }
-        let report = self
-            .stdout
-            .iter()
-            .find_map(|l| l.strip_prefix("report: "))
-            .map(|json| serde_json::from_str(json).expect("the report line is a Report"));
+        let status = self.child.wait();
+        let (rest, stderr) = self.child.rest();
+        self.stdout.extend(rest);
         Ended {
             status,
-            stderr: self.stderr(),
+            stderr,
+            report: support::report_in(&self.stdout),
             stdout: self.stdout,
-            report,
         }
     }
 }

@@ -9,49 +9,33 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lastcall::report::{Report, TriggerCause};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-/// Bounds a hang; not a measurement.
-const PATIENCE: Duration = Duration::from_secs(30);
+use super::support::{self, Child, Stderr, PATIENCE};
 
 /// The running service: every generation writes to the same stdout and stderr, inherited
 /// from the first.
 struct Service {
     dir: PathBuf,
     exe: PathBuf,
-    first: Option<Child>,
-    lines: Receiver<String>,
+    /// The first generation, the test's child; its pipes are every generation's.
+    first: Child,
     /// Every stdout line so far, and whether a test has consumed it.
     seen: std::cell::RefCell<Vec<(String, bool)>>,
-    stderr: Arc<Mutex<String>>,
     addr: String,
     pid: u32,
 }
 
 fn fixture() -> PathBuf {
-    // Tests run from target/<profile>/deps/; cargo builds examples into target/<profile>/examples/.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join("restart_fixture");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --examples --features restart`",
-        path.display()
-    );
-    path
+    support::example("restart_fixture")
 }
 
 /// A fresh directory for one test's copy of the binary.
@@ -86,50 +70,13 @@ impl Service {
         let dir = temp_dir(name);
         let exe = dir.join("restart_fixture");
         deploy(&exe, &std::fs::read(fixture()).unwrap());
-        let mut command = Command::new(&exe);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("LASTCALL_") || key.starts_with("LISTEN_") || key == "NOTIFY_SOCKET"
-            {
-                command.env_remove(key);
-            }
-        }
-        command.env("RUST_LOG", "info").envs(env.iter().copied());
+        let mut command = support::command(&exe, &[], env);
         prepare(&mut command);
-        let mut child = command.spawn().expect("spawn restart_fixture");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
         let mut service = Service {
             dir,
             exe,
-            first: Some(child),
-            lines,
+            first: Child::spawn(&mut command, Stderr::Read),
             seen: Default::default(),
-            stderr,
             addr: String::new(),
             pid: 0,
         };
@@ -149,16 +96,11 @@ impl Service {
         }
         let until = Instant::now() + PATIENCE;
         loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.starts_with(prefix);
-                    seen.push((line.clone(), found));
-                    if found {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no line {prefix:?}; stderr:\n{}", self.stderr()),
+            let line = self.first.next_line(until, prefix);
+            let found = line.starts_with(prefix);
+            seen.push((line.clone(), found));
+            if found {
+                return line;
             }
         }
     }
@@ -180,7 +122,7 @@ impl Service {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.first.stderr()
     }
 
     /// Waits until stderr holds `text`.
@@ -197,7 +139,7 @@ impl Service {
     }
 
     fn signal(&self, pid: u32, signal: Signal) {
-        kill(Pid::from_raw(pid as i32), signal).unwrap();
+        support::signal(pid, signal);
     }
 
     /// Restarts the serving generation: its successor's pid, once the old one has exited 0
@@ -220,10 +162,8 @@ impl Service {
     /// Waits for `pid` (a child, or a generation reparented to this subreaper) to exit; its
     /// exit code.
     fn reap(&mut self, pid: u32) -> i32 {
-        if let Some(first) = self.first.as_mut().filter(|c| c.id() == pid) {
-            let status = first.wait().unwrap();
-            self.first = None;
-            return status.code().unwrap_or(-1);
+        if self.first.id() == pid {
+            return self.first.wait().code().unwrap_or(-1);
         }
         let until = Instant::now() + PATIENCE;
         loop {

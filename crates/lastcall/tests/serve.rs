@@ -1,20 +1,15 @@
 //! `http::serve` in a real process (the `serve_fixture` example), driven with real signals:
 //! slow and half-open clients at the moment of a shutdown.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use lastcall::report::Report;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-/// Bounds a hang; not a measurement.
-pub(super) const PATIENCE: Duration = Duration::from_secs(30);
+use super::support::{self, Child, Stderr, PATIENCE};
 
 /// The most a head half read at stop-accepting may hold the shutdown (`serve`'s grace).
 pub(super) const GRACE: Duration = Duration::from_secs(1);
@@ -22,8 +17,6 @@ pub(super) const GRACE: Duration = Duration::from_secs(1);
 pub(super) struct Served {
     child: Child,
     pub(super) addr: String,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
 }
 
 pub(super) struct Exited {
@@ -33,75 +26,17 @@ pub(super) struct Exited {
     pub(super) report: Report,
 }
 
-fn example(name: &str) -> PathBuf {
-    // Tests run from target/<profile>/deps/; cargo builds examples into target/<profile>/examples/.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
-
 impl Served {
     /// Starts `serve_fixture` and waits until it listens.
     pub(super) fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
-        let mut command = Command::new(example("serve_fixture"));
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("LASTCALL_") {
-                command.env_remove(key);
-            }
-        }
-        command.env("RUST_LOG", "info").envs(env.iter().copied());
-        let mut child = command.spawn().expect("spawn serve_fixture");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let line = lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("no listening line; stderr:\n{}", stderr.lock().unwrap()));
+        let mut command = support::command(&support::example("serve_fixture"), args, env);
+        let child = Child::spawn(&mut command, Stderr::Read);
+        let line = child.next_line(Instant::now() + PATIENCE, "listening ADDR");
         let addr = line
             .strip_prefix("listening ")
             .unwrap_or_else(|| panic!("expected `listening ADDR`, got {line:?}"))
             .to_owned();
-        Served {
-            child,
-            addr,
-            lines,
-            stderr,
-        }
+        Served { child, addr }
     }
 
     pub(super) fn connect(&self) -> TcpStream {
@@ -109,31 +44,14 @@ impl Served {
     }
 
     pub(super) fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        self.child.signal(signal);
     }
 
     pub(super) fn wait(mut self) -> Exited {
-        let until = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = self.child.kill();
-                panic!(
-                    "serve_fixture did not exit; stderr:\n{}",
-                    self.stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = self.child.wait();
         let at = Instant::now();
-        let stdout: Vec<String> = self.lines.iter().collect();
-        let stderr = self.stderr.lock().unwrap().clone();
-        let report = stdout
-            .iter()
-            .find_map(|l| l.strip_prefix("report: "))
-            .map(|json| serde_json::from_str(json).expect("the report line is a Report"))
+        let (stdout, stderr) = self.child.rest();
+        let report = support::report_in(&stdout)
             .unwrap_or_else(|| panic!("no report; stdout {stdout:?}; stderr:\n{stderr}"));
         Exited { status, at, report }
     }

@@ -28,5 +28,7 @@ mod otel;
 mod runtime;
 // The work tracker: guards, snapshots, event-driven idleness.
 mod tracker;
+// The child-process harness of the tests that run an example as a real process.
+mod support;
 // Workers on SQLite, PostgreSQL and NATS JetStream; the scheduler.
 mod worker;

@@ -14,7 +14,8 @@ use lastcall::http::rustls::{self, ClientConfig, ClientConnection, RootCertStore
 use lastcall::http::TlsListener;
 use nix::sys::signal::Signal;
 
-use super::serve::{Served, PATIENCE};
+use super::serve::Served;
+use super::support::PATIENCE;
 
 /// A directory with a fresh self-signed certificate for `localhost` (`cert.pem`, `key.pem`),
 /// removed when dropped.

@@ -6,9 +6,7 @@
 //! unreachable prints a notice and passes, unless `LCTEST_REQUIRE_SERVICES=1`.
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +17,9 @@ use lastcall::worker::{
     Job, NatsQueue, NewJob, PgQueue, Queue, QueueError, Retry, SqliteQueue, Worker,
 };
 use lastcall::{Controller, Exit, Phase};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+
+use super::support::{self, Child, Stderr};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -414,41 +413,17 @@ async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease<Q: 
         .enqueue(NewJob::new(b"orphan".to_vec()))
         .await
         .unwrap();
-    let mut child = Command::new(example("worker_fixture"))
-        .args([kind, &target, queue.name(), "1000", "600000"])
-        .env("LASTCALL_BUDGET", "10s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (lines, read) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut command = support::command(
+        &support::example("worker_fixture"),
+        &[kind, &target, queue.name(), "1000", "600000"],
+        &[("LASTCALL_BUDGET", "10s")],
+    );
+    let mut child = Child::spawn(&mut command, Stderr::Read);
     let started = format!("started {id} attempt 1");
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match read.recv_timeout(left) {
-            Ok(line) if line == started => break,
-            Ok(_) => {}
-            Err(e) => {
-                let _ = child.kill();
-                panic!("the fixture never printed {started:?}: {e}");
-            }
-        }
-    }
-    kill(
-        Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        Signal::SIGKILL,
-    )
-    .unwrap();
-    child.wait().unwrap();
+    while child.next_line(deadline, &started) != started {}
+    child.signal(Signal::SIGKILL);
+    child.wait();
     let killed = Instant::now();
 
     let controller = controller();
@@ -478,23 +453,6 @@ async fn a_worker_killed_mid_job_leaves_it_to_be_redelivered_after_the_lease<Q: 
     assert_eq!(controller.run_with_report().await.exit, Exit::Clean);
     assert_eq!(queue.pending().await.unwrap(), 0);
     backend.cleanup().await;
-}
-
-fn example(name: &str) -> PathBuf {
-    // Tests run from target/<profile>/deps/; cargo builds examples into target/<profile>/examples/.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
 }
 
 macro_rules! adapter_tests {

@@ -16,11 +16,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::super::sockets;
-use super::{
-    client, describe_status, ms, patience, slow_request, Finding, Outcome, Sample, Service,
-    SlowView, Spec,
-};
+use super::load::Sample;
+use super::slow::{slow_request, SlowView};
+use super::{ms, patience, Finding};
+use crate::check::client::{self, Outcome};
+use crate::check::service::Service;
+use crate::check::{describe_status, sockets, Spec};
 
 /// What the `restart` scenario measured, as `--json` reports it under `restart`.
 #[derive(Debug, Clone, Serialize)]
