@@ -16,7 +16,8 @@
 //!   certificate chain `BENCH_CERT` and key `BENCH_KEY` (PEM) with the same rustls
 //!   configuration (`ring`, safe defaults, ALPN `h2` and `http/1.1`).
 //!
-//! `BENCH_IDLE_CLOSE_DELAY` (a duration) sets `ServeConfig::idle_close_delay` in the first two.
+//! `BENCH_IDLE_CLOSE_DELAY` (a duration) sets `ServeConfig::idle_close_delay` in the first two,
+//! and `BENCH_CONNECT_INFO=off` turns `ServeConfig::connect_info` off there.
 //!
 //! Routes: `GET /` answers `hello`, `GET /slow?ms=N` answers after N ms. Listens on
 //! 127.0.0.1:`PORT` (0 picks a port) and prints `listening on ADDR`.
@@ -149,6 +150,14 @@ async fn run(mode: String) -> ExitCode {
                         eprintln!("bench-server: BENCH_IDLE_CLOSE_DELAY={delay:?}: {err}; use a duration like 500ms");
                         return ExitCode::from(2);
                     }
+                }
+            }
+            match std::env::var("BENCH_CONNECT_INFO").as_deref() {
+                Ok("off") => config = config.connect_info(false),
+                Ok("on") | Err(_) => {}
+                Ok(other) => {
+                    eprintln!("bench-server: BENCH_CONNECT_INFO={other:?}; use on or off");
+                    return ExitCode::from(2);
                 }
             }
             let server = if mode == "drain" {

@@ -770,30 +770,91 @@ async fn connections_waiting_in_the_accept_backlog_are_served_not_reset() {
 }
 
 #[tokio::test]
-async fn an_axum_handler_gets_the_peer_address_from_connect_info() {
+async fn an_axum_handler_gets_the_peer_address_from_connect_info_unless_it_is_turned_off() {
     use axum::extract::ConnectInfo;
-    let controller = Controller::builder()
-        .continue_after_run()
-        .ignore_env()
-        .build()
-        .unwrap();
-    let shutdown = controller.shutdown();
-    let app = Router::new().route(
-        "/peer",
-        get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-    );
-    let service = DrainLayer::new(shutdown.clone()).layer(app);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn(serve(listener, service, shutdown, ServeConfig::default()));
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    send(&mut client, "/peer").await;
-    let answer = read_answer(&mut client).await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(answer.body, client.local_addr().unwrap().to_string());
-    controller.trigger().trigger("test");
-    assert_eq!(controller.run().await, std::process::ExitCode::SUCCESS);
-    served.await.unwrap().unwrap();
+    for connect_info in [true, false] {
+        let controller = Controller::builder()
+            .continue_after_run()
+            .ignore_env()
+            .build()
+            .unwrap();
+        let shutdown = controller.shutdown();
+        let app = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        let service = DrainLayer::new(shutdown.clone()).layer(app);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ServeConfig::default().connect_info(connect_info);
+        let served = tokio::spawn(serve(listener, service, shutdown, config));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        send(&mut client, "/peer").await;
+        let answer = read_answer(&mut client).await;
+        if connect_info {
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            assert_eq!(answer.body, client.local_addr().unwrap().to_string());
+        } else {
+            // axum's own answer to a handler whose extension is missing.
+            assert_eq!(answer.status, 500, "{}", answer.body);
+            assert!(answer.body.contains("ConnectInfo"), "{}", answer.body);
+        }
+        controller.trigger().trigger("test");
+        assert_eq!(controller.run().await, std::process::ExitCode::SUCCESS);
+        served.await.unwrap().unwrap();
+    }
+}
+
+/// `serve` gives each connection its own copy of an axum router, bare or in a `DrainLayer`,
+/// with its routes converted (as `axum::serve` does): routes added before and after
+/// `with_state`, the state and the fallback all still answer, on several connections.
+#[tokio::test]
+async fn an_axum_router_keeps_its_routes_state_and_fallback_on_every_connection() {
+    use axum::extract::State;
+    for layered in [false, true] {
+        let controller = Controller::builder()
+            .continue_after_run()
+            .ignore_env()
+            .build()
+            .unwrap();
+        let shutdown = controller.shutdown();
+        let app = Router::new()
+            .route(
+                "/state",
+                get(|State(n): State<u32>| async move { format!("state {n}") }),
+            )
+            .with_state(7)
+            .route("/after", get(|| async { "after" }))
+            .fallback(|| async { (axum::http::StatusCode::IM_A_TEAPOT, "fallback") });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = if layered {
+            let service = DrainLayer::new(shutdown.clone()).layer(app);
+            tokio::spawn(serve(listener, service, shutdown, ServeConfig::default()))
+        } else {
+            tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()))
+        };
+        for _connection in 0..2 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            for (path, status, body) in [
+                ("/state", 200, "state 7"),
+                ("/after", 200, "after"),
+                ("/nowhere", 418, "fallback"),
+                ("/after", 200, "after"),
+            ] {
+                send(&mut client, path).await;
+                let answer = read_answer(&mut client).await;
+                assert_eq!(
+                    (answer.status, answer.body.as_str()),
+                    (status, body),
+                    "{path}, layered: {layered}"
+                );
+            }
+        }
+        controller.trigger().trigger("test");
+        assert_eq!(controller.run().await, std::process::ExitCode::SUCCESS);
+        served.await.unwrap().unwrap();
+    }
 }
 
 #[tokio::test]

@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub(super) idle_timeout: Duration,
     pub(super) linger: Duration,
     pub(super) idle_close_delay: Duration,
+    /// Whether each request carries axum's `ConnectInfo` of its peer.
+    pub(super) connect_info: bool,
     http1: Http1Settings,
     http2: Http2Settings,
 }
@@ -86,6 +88,7 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             linger: Duration::from_secs(1),
             idle_close_delay: Duration::ZERO,
+            connect_info: true,
             http1: Http1Settings::default(),
             http2: Http2Settings::default(),
         }
@@ -136,6 +139,21 @@ impl ServeConfig {
     /// stop-accepting and zero is right.
     pub fn idle_close_delay(mut self, delay: Duration) -> ServeConfig {
         self.idle_close_delay = delay;
+        self
+    }
+
+    /// Whether each request carries its peer's address as axum's `ConnectInfo` (default
+    /// `true`), which handlers extract as under `axum::serve` with
+    /// `into_make_service_with_connect_info`.
+    ///
+    /// Needs the `axum` feature.
+    ///
+    /// With `false` a request's extensions hold nothing of ours: a service that never
+    /// extracts `ConnectInfo` saves the insert (an allocation and a map entry, about 2 % of
+    /// `serve`'s own work per request; `BENCHMARKS.md`).
+    #[cfg(feature = "axum")]
+    pub fn connect_info(mut self, enabled: bool) -> ServeConfig {
+        self.connect_info = enabled;
         self
     }
 

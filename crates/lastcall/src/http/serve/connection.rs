@@ -53,10 +53,7 @@ pub(super) async fn connection<L, S, B>(
     let service = Counted {
         inner: service,
         state: state.clone(),
-        #[cfg(feature = "axum")]
-        peer: peer.clone(),
-        #[cfg(not(feature = "axum"))]
-        peer: std::marker::PhantomData::<L::Addr>,
+        peer: (cfg!(feature = "axum") && config.connect_info).then(|| peer.clone()),
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
@@ -258,10 +255,9 @@ impl Drop for InFlight {
 struct Counted<S, A> {
     inner: S,
     state: Arc<ConnState>,
-    #[cfg(feature = "axum")]
-    peer: A,
-    #[cfg(not(feature = "axum"))]
-    peer: std::marker::PhantomData<A>,
+    /// Given to each request as `ConnectInfo` (feature `axum`), unless the config says not.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    peer: Option<A>,
 }
 
 impl<S, B, A> Service<Request<Incoming>> for Counted<S, A>
@@ -280,8 +276,10 @@ where
     #[cfg_attr(not(feature = "axum"), allow(unused_mut))]
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         #[cfg(feature = "axum")]
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(self.peer.clone()));
+        if let Some(peer) = &self.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer.clone()));
+        }
         let in_flight = self.state.head_read(req.version());
         CountedFuture {
             inner: self.inner.call(req),

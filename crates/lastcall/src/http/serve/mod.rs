@@ -77,7 +77,8 @@ use handshake::handshake_then_serve;
 ///   request. Closing sends TLS `close_notify` before the FIN.
 /// - Each request carries its peer's address in its extensions, as axum's
 ///   `ConnectInfo<SocketAddr>` (feature `axum`; `ConnectInfo<tokio::net::unix::SocketAddr>` on a
-///   Unix socket), so handlers that extract it work as under `axum::serve`.
+///   Unix socket), so handlers that extract it work as under `axum::serve` with
+///   `into_make_service_with_connect_info`; [`ServeConfig::connect_info`] turns it off.
 ///
 /// Wrap the service in a [`DrainLayer`](super::DrainLayer) so requests are tracked and the
 /// health paths answered.
