@@ -7,6 +7,11 @@
 //! spent on the CPU) and taking turns does not: the peer's figure there shows whether the
 //! threads overlapped.
 //!
+//! `2_threads_own` is the control: the same two threads, each with a tracker of its own, so
+//! they share nothing. What it costs over `1_thread` is the machine's (two cores busy at once
+//! on a shared host), not the tracker's; `2_threads` over `2_threads_own` is what sharing one
+//! tracker costs.
+//!
 //! `cargo bench -p lastcall --bench tracker`; figures in `BENCHMARKS.md`.
 
 use std::hint::black_box;
@@ -26,19 +31,22 @@ enum Clock {
     ThreadCpu,
 }
 
-/// Runs `op` `iters` times on each of `threads` threads, started together, and returns the
+/// Runs an op `iters` times on each of `threads` threads, started together, and returns the
 /// time `clock` measures: criterion divides it by `iters`, so the figure is the time for
-/// every thread to do one enter+drop while the others do the same.
-fn contended<F>(threads: usize, iters: u64, clock: Clock, op: F) -> Duration
+/// every thread to do one enter+drop while the others do the same. Each thread makes its op
+/// with `make` before the start, so an op can own what it works on.
+fn contended<M, F>(threads: usize, iters: u64, clock: Clock, make: M) -> Duration
 where
-    F: Fn() + Send + Sync + 'static,
+    M: Fn() -> F + Send + Sync + 'static,
+    F: FnMut(),
 {
-    let op = Arc::new(op);
+    let make = Arc::new(make);
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (op, barrier) = (op.clone(), barrier.clone());
+            let (make, barrier) = (make.clone(), barrier.clone());
             std::thread::spawn(move || {
+                let mut op = make();
                 barrier.wait();
                 let start = thread_cpu();
                 for _ in 0..iters {
@@ -92,7 +100,8 @@ fn two_threads(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let tracker = tracker.clone();
                 contended(2, iters, clock, move || {
-                    drop(black_box(tracker.track(WorkKind::Request, "GET /orders/7")))
+                    let tracker = tracker.clone();
+                    move || drop(black_box(tracker.track(WorkKind::Request, "GET /orders/7")))
                 })
             })
         });
@@ -100,15 +109,45 @@ fn two_threads(c: &mut Criterion) {
         group.bench_function("tokio_util::TaskTracker", |b| {
             b.iter_custom(|iters| {
                 let peer = peer.clone();
-                contended(2, iters, clock, move || drop(black_box(peer.token())))
+                contended(2, iters, clock, move || {
+                    let peer = peer.clone();
+                    move || drop(black_box(peer.token()))
+                })
             })
         });
         group.finish();
     }
 }
 
+/// The control: two threads at once, each on a tracker of its own (wall time).
+fn two_threads_own(c: &mut Criterion) {
+    let mut group = c.benchmark_group("guard_enter_drop/2_threads_own");
+    group.bench_function("lastcall::Tracker", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, Clock::Wall, || {
+                let tracker = Tracker::new();
+                move || drop(black_box(tracker.track(WorkKind::Request, "GET /orders/7")))
+            })
+        })
+    });
+    group.bench_function("tokio_util::TaskTracker", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, Clock::Wall, || {
+                let peer = TaskTracker::new();
+                move || drop(black_box(peer.token()))
+            })
+        })
+    });
+    group.finish();
+}
+
 #[allow(missing_docs)]
 mod group {
-    criterion::criterion_group!(benches, super::single_thread, super::two_threads);
+    criterion::criterion_group!(
+        benches,
+        super::single_thread,
+        super::two_threads,
+        super::two_threads_own
+    );
 }
 criterion_main!(group::benches);
