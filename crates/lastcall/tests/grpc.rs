@@ -184,7 +184,7 @@ async fn health_says_not_serving_from_the_trigger_while_rpcs_are_still_served() 
         ServingStatus::Serving
     );
 
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     // The watcher hears of it first, during the drain delay.
     let changed = tokio::time::timeout(PATIENCE, watch.message())
         .await
@@ -246,7 +246,7 @@ async fn a_unary_rpc_in_flight_completes_and_a_server_stream_ends_with_a_status(
     }
     assert_eq!(server.shutdown.tracker().active().by_kind.stream, 1);
 
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
 
     // The stream ends with UNAVAILABLE and the shutdown's message: a status, not a reset.
     let ended = tokio::time::timeout(PATIENCE, async {
@@ -297,7 +297,7 @@ async fn a_unary_rpc_that_never_completes_is_cut_at_the_deadline_and_named() {
     while server.shutdown.tracker().active().by_kind.request == 0 {
         tokio::task::yield_now().await;
     }
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
 
     let report = server.finish().await;
     assert_eq!(report.exit, Exit::WorkCut, "{report}");

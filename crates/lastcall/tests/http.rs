@@ -87,13 +87,25 @@ async fn start(builder: lastcall::Builder) -> Server {
 }
 
 async fn start_with(builder: lastcall::Builder, config: ServeConfig) -> Server {
+    start_serving(builder, |listener, shutdown| {
+        let service = DrainLayer::new(shutdown.clone()).layer(app(shutdown.clone()));
+        tokio::spawn(serve(listener, service, shutdown, config))
+    })
+    .await
+}
+
+/// A controller built from `builder` (its environment ignored), running, with what `serving`
+/// spawns on a fresh loopback listener.
+async fn start_serving(
+    builder: lastcall::Builder,
+    serving: impl FnOnce(TcpListener, Shutdown) -> JoinHandle<std::io::Result<()>>,
+) -> Server {
     let controller = builder.ignore_env().build().unwrap();
     let shutdown = controller.shutdown();
     let trigger = controller.trigger();
-    let service = DrainLayer::new(shutdown.clone()).layer(app(shutdown.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = tokio::spawn(serve(listener, service, shutdown.clone(), config));
+    let served = serving(listener, shutdown.clone());
     let run = tokio::spawn(controller.run_with_report());
     Server {
         addr,
@@ -257,7 +269,7 @@ async fn a_slow_request_in_flight_at_the_signal_completes_with_connection_close(
     while server.shutdown.tracker().active().by_kind.request == 0 {
         tokio::task::yield_now().await;
     }
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, "report ready");
@@ -295,7 +307,7 @@ async fn a_request_body_left_unread_does_not_turn_the_close_into_a_reset() {
     while server.shutdown.tracker().active().by_kind.request == 0 {
         tokio::task::yield_now().await;
     }
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     let answer = read_answer(&mut reader).await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "report ready"));
     assert_eq!(answer.header("connection").as_deref(), Some("close"));
@@ -320,7 +332,7 @@ async fn requests_during_the_drain_delay_are_served_while_readiness_says_503() {
     send(&mut reused, "/orders/1").await;
     assert_eq!(read_answer(&mut reused).await.status, 200);
 
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     let ready = fetch(server.addr, "/health/ready").await;
     assert_eq!(
         (ready.status, ready.body.as_str()),
@@ -371,7 +383,7 @@ async fn idle_keep_alive_connections_are_closed_with_fin_and_new_ones_refused() 
         assert_eq!(read_answer(&mut stream).await.status, 200);
         idle.push(stream);
     }
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     for stream in &mut idle {
         assert_closed_cleanly(stream).await;
     }
@@ -399,7 +411,7 @@ async fn a_request_that_never_completes_is_cut_at_the_deadline_and_named() {
     while server.shutdown.tracker().active().by_kind.request == 0 {
         tokio::task::yield_now().await;
     }
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     let report = server.finish().await;
     assert_eq!(report.exit, Exit::WorkCut);
     let cut = report.work_at_deadline.expect("named");
@@ -436,7 +448,7 @@ async fn an_sse_client_gets_a_final_event_and_a_clean_end() {
         1,
         "tracked as a stream"
     );
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     loop {
         let n = tokio::time::timeout(PATIENCE, client.read(&mut chunk))
             .await
@@ -537,7 +549,7 @@ async fn an_http2_client_sees_goaway_and_its_in_flight_stream_completes() {
     while server.shutdown.tracker().active().by_kind.request == 0 {
         tokio::task::yield_now().await;
     }
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
 
     let response = in_flight
         .await
@@ -577,7 +589,7 @@ async fn a_websocket_client_gets_close_1001_and_the_server_exits_clean() {
     );
     assert_eq!(server.shutdown.tracker().active().by_kind.stream, 1);
 
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     let close = tokio::time::timeout(PATIENCE, client.next())
         .await
         .expect("a close frame")
@@ -642,7 +654,7 @@ async fn a_client_trickling_its_request_head_is_disconnected_by_the_header_read_
         200,
         "the prompt client is still served"
     );
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 
@@ -659,7 +671,7 @@ async fn a_request_sent_on_a_connection_opened_just_before_stop_accepting_is_ser
     while server.shutdown.tracker().active().by_kind.connection == 0 {
         tokio::task::yield_now().await;
     }
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     until_stopped_accepting(&server).await;
     // The request goes out after stop-accepting began: it is answered, not cut.
     fresh
@@ -687,7 +699,7 @@ async fn with_an_idle_close_delay_the_next_request_on_an_idle_connection_is_answ
     let mut pooled = TcpStream::connect(server.addr).await.unwrap();
     send(&mut pooled, "/orders/1").await;
     assert_eq!(read_answer(&mut pooled).await.status, 200);
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     until_stopped_accepting(&server).await;
     // Its next request, a POST a balancer could not retry, is answered, then the connection
     // closes cleanly; without the delay it would have been closed under the request.
@@ -721,7 +733,7 @@ async fn silent_and_idle_clients_are_disconnected_by_the_idle_timeout() {
     }
     assert_eq!(server.shutdown.phase(), Phase::Running);
     assert_eq!(server.shutdown.tracker().active().by_kind.connection, 0);
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 
@@ -773,22 +785,20 @@ async fn connections_waiting_in_the_accept_backlog_are_served_not_reset() {
 async fn an_axum_handler_gets_the_peer_address_from_connect_info_unless_it_is_turned_off() {
     use axum::extract::ConnectInfo;
     for connect_info in [true, false] {
-        let controller = Controller::builder()
-            .continue_after_run()
-            .ignore_env()
-            .build()
-            .unwrap();
-        let shutdown = controller.shutdown();
         let app = Router::new().route(
             "/peer",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
         );
-        let service = DrainLayer::new(shutdown.clone()).layer(app);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let config = ServeConfig::default().connect_info(connect_info);
-        let served = tokio::spawn(serve(listener, service, shutdown, config));
-        let mut client = TcpStream::connect(addr).await.unwrap();
+        let server = start_serving(
+            Controller::builder().continue_after_run(),
+            |listener, shutdown| {
+                let service = DrainLayer::new(shutdown.clone()).layer(app);
+                tokio::spawn(serve(listener, service, shutdown, config))
+            },
+        )
+        .await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
         send(&mut client, "/peer").await;
         let answer = read_answer(&mut client).await;
         if connect_info {
@@ -799,9 +809,8 @@ async fn an_axum_handler_gets_the_peer_address_from_connect_info_unless_it_is_tu
             assert_eq!(answer.status, 500, "{}", answer.body);
             assert!(answer.body.contains("ConnectInfo"), "{}", answer.body);
         }
-        controller.trigger().trigger("test");
-        assert_eq!(controller.run().await, std::process::ExitCode::SUCCESS);
-        served.await.unwrap().unwrap();
+        server.trigger.trigger("test");
+        assert_eq!(server.finish().await.exit, Exit::Clean);
     }
 }
 
@@ -812,12 +821,6 @@ async fn an_axum_handler_gets_the_peer_address_from_connect_info_unless_it_is_tu
 async fn an_axum_router_keeps_its_routes_state_and_fallback_on_every_connection() {
     use axum::extract::State;
     for layered in [false, true] {
-        let controller = Controller::builder()
-            .continue_after_run()
-            .ignore_env()
-            .build()
-            .unwrap();
-        let shutdown = controller.shutdown();
         let app = Router::new()
             .route(
                 "/state",
@@ -826,16 +829,21 @@ async fn an_axum_router_keeps_its_routes_state_and_fallback_on_every_connection(
             .with_state(7)
             .route("/after", get(|| async { "after" }))
             .fallback(|| async { (axum::http::StatusCode::IM_A_TEAPOT, "fallback") });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = if layered {
-            let service = DrainLayer::new(shutdown.clone()).layer(app);
-            tokio::spawn(serve(listener, service, shutdown, ServeConfig::default()))
-        } else {
-            tokio::spawn(serve(listener, app, shutdown, ServeConfig::default()))
-        };
+        let server = start_serving(
+            Controller::builder().continue_after_run(),
+            |listener, shutdown| {
+                let config = ServeConfig::default();
+                if layered {
+                    let service = DrainLayer::new(shutdown.clone()).layer(app);
+                    tokio::spawn(serve(listener, service, shutdown, config))
+                } else {
+                    tokio::spawn(serve(listener, app, shutdown, config))
+                }
+            },
+        )
+        .await;
         for _connection in 0..2 {
-            let mut client = TcpStream::connect(addr).await.unwrap();
+            let mut client = TcpStream::connect(server.addr).await.unwrap();
             for (path, status, body) in [
                 ("/state", 200, "state 7"),
                 ("/after", 200, "after"),
@@ -851,9 +859,8 @@ async fn an_axum_router_keeps_its_routes_state_and_fallback_on_every_connection(
                 );
             }
         }
-        controller.trigger().trigger("test");
-        assert_eq!(controller.run().await, std::process::ExitCode::SUCCESS);
-        served.await.unwrap().unwrap();
+        server.trigger.trigger("test");
+        assert_eq!(server.finish().await.exit, Exit::Clean);
     }
 }
 
@@ -916,7 +923,7 @@ async fn http1_keep_alive_off_closes_every_connection_after_its_response() {
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.header("connection").as_deref(), Some("close"));
     assert_closed_cleanly(&mut client).await;
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 
@@ -940,7 +947,7 @@ async fn a_request_with_more_headers_than_http1_max_headers_is_refused() {
     let request = format!("GET /orders/1 HTTP/1.1\r\nhost: test\r\n{headers}\r\n");
     client.write_all(request.as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut client).await.status, 200);
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 
@@ -1018,7 +1025,7 @@ async fn http2_settings_are_sent_to_the_client_as_configured() {
     assert_eq!(value(ENABLE_CONNECT_PROTOCOL), Some(1), "{settings:?}");
     // The connection window starts at 65,535 and is raised to the configured size.
     assert_eq!(window, Some(3_000_000 - 65_535));
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 
     let config = ServeConfig::default().http2_connect_protocol(false);
@@ -1028,7 +1035,7 @@ async fn http2_settings_are_sent_to_the_client_as_configured() {
         !settings.contains(&(ENABLE_CONNECT_PROTOCOL, 1)),
         "{settings:?}"
     );
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 
@@ -1116,7 +1123,7 @@ async fn http2_keep_alive_pings_an_idle_connection() {
     .await;
     assert!(pinged.is_ok(), "the server pinged the idle connection");
     drop(stream);
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 
@@ -1135,7 +1142,7 @@ async fn a_request_head_longer_than_http1_max_buf_size_is_refused() {
         .expect("answered");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-    server.trigger.clone().trigger("test");
+    server.trigger.trigger("test");
     assert_eq!(server.finish().await.exit, Exit::Clean);
 }
 

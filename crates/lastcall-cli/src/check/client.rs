@@ -97,6 +97,33 @@ pub(crate) async fn read(stream: &mut TcpStream, limit: Duration) -> Outcome {
 }
 
 /// Sends a GET on a new connection and reads the answer.
+/// One request of a load: on `kept` (a keep-alive connection, taken) or on a new connection,
+/// answered within 5 s; the connection is kept for the next request when `reuse` is set and
+/// the server left it open. Returns whether the request reused a connection, and how it went.
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    path: &str,
+    kept: &mut Option<TcpStream>,
+    reuse: bool,
+) -> (bool, Outcome) {
+    let reused = kept.is_some();
+    let mut stream = match kept.take() {
+        Some(stream) => stream,
+        None => match connect(addr).await {
+            Ok(stream) => stream,
+            Err(outcome) => return (reused, outcome),
+        },
+    };
+    let outcome = match send(&mut stream, path).await {
+        Ok(()) => read(&mut stream, Duration::from_secs(5)).await,
+        Err(outcome) => outcome,
+    };
+    if reuse && matches!(outcome, Outcome::Complete { close: false, .. }) {
+        *kept = Some(stream);
+    }
+    (reused, outcome)
+}
+
 pub(crate) async fn get(addr: SocketAddr, path: &str, limit: Duration) -> Outcome {
     let mut stream = match connect(addr).await {
         Ok(stream) => stream,

@@ -63,32 +63,7 @@ pub(super) async fn load(spec: &Spec, service: &mut Service) -> Finding {
                 && count.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
             {
                 let sent = Instant::now();
-                let reused = kept.is_some();
-                let mut stream = match kept.take() {
-                    Some(stream) => stream,
-                    None => match client::connect(addr).await {
-                        Ok(stream) => stream,
-                        Err(outcome) => {
-                            samples
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(Sample {
-                                    sent,
-                                    reused,
-                                    outcome,
-                                });
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            continue;
-                        }
-                    },
-                };
-                let outcome = match client::send(&mut stream, &path).await {
-                    Ok(()) => client::read(&mut stream, Duration::from_secs(5)).await,
-                    Err(outcome) => outcome,
-                };
-                if reuse && matches!(outcome, Outcome::Complete { close: false, .. }) {
-                    kept = Some(stream);
-                }
+                let (reused, outcome) = client::exchange(addr, &path, &mut kept, reuse).await;
                 samples
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -629,24 +629,7 @@ impl Load {
                     && count.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
                 {
                     let sent = Instant::now();
-                    let reused = kept.is_some();
-                    let outcome = match kept.take() {
-                        Some(stream) => Ok(stream),
-                        None => client::connect(addr).await,
-                    };
-                    let outcome = match outcome {
-                        Ok(mut stream) => {
-                            let outcome = match client::send(&mut stream, &path).await {
-                                Ok(()) => client::read(&mut stream, Duration::from_secs(5)).await,
-                                Err(outcome) => outcome,
-                            };
-                            if reuse && matches!(outcome, Outcome::Complete { close: false, .. }) {
-                                kept = Some(stream);
-                            }
-                            outcome
-                        }
-                        Err(outcome) => outcome,
-                    };
+                    let (reused, outcome) = client::exchange(addr, &path, &mut kept, reuse).await;
                     samples
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
