@@ -49,17 +49,12 @@ impl<S> Drain<S> {
         self.inner
     }
 
-    /// A copy for one connection of [`serve`](super::serve), which holds the layer's
-    /// configuration in its own `Arc`: hyper clones the service for every request, and a
-    /// count shared by every connection would move between cores at each one.
-    pub(crate) fn for_connection(&self) -> Drain<S>
-    where
-        S: Clone,
-    {
-        Drain {
-            inner: self.inner.clone(),
-            layer: Arc::new(DrainLayer::clone(&self.layer)),
-        }
+    /// Gives this copy, one connection's of [`serve`](super::serve), the layer's
+    /// configuration in an `Arc` of its own: hyper clones the service for every request, and
+    /// a count shared by every connection would move between cores at each one.
+    #[cfg(feature = "axum")]
+    pub(crate) fn own_layer(&mut self) {
+        Arc::make_mut(&mut self.layer);
     }
 
     /// The answer to a health path, if `path` is one.

@@ -245,13 +245,17 @@ fn for_connection<S: Clone + 'static>(service: &S) -> S {
     #[cfg(feature = "axum")]
     {
         let any: &mut dyn std::any::Any = &mut copy;
-        if let Some(router) = any.downcast_mut::<axum::Router>() {
+        let router = if any.is::<axum::Router>() {
+            any.downcast_mut::<axum::Router>()
+        } else {
+            any.downcast_mut::<super::Drain<axum::Router>>()
+                .map(|drain| {
+                    drain.own_layer();
+                    drain.get_mut()
+                })
+        };
+        if let Some(router) = router {
             *router = router.clone().with_state(());
-        } else if let Some(drain) = any.downcast_mut::<super::Drain<axum::Router>>() {
-            let mut own = drain.for_connection();
-            let router = own.get_mut();
-            *router = router.clone().with_state(());
-            *drain = own;
         }
     }
     copy
