@@ -7,6 +7,7 @@
 #   bash bench/cpu_per_request.sh [rounds=4] [seconds=5] [modes="axum plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-4}
 seconds=${2:-5}
 read -r -a modes <<<"${3:-axum plain drain}"
@@ -21,11 +22,10 @@ trap cleanup EXIT
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime
 for ((round = 1; round <= rounds; round++)); do
   for mode in "${modes[@]}"; do
+    rm -f "$tmp/out"
     "$bin" "$mode" >"$tmp/out" 2>"$tmp/err" &
     pid=$!
-    for _ in $(seq 1 200); do grep -q '^listening on ' "$tmp/out" && break; sleep 0.02; done
-    addr=$(sed -n 's/^listening on //p' "$tmp/out")
-    [ -n "$addr" ] || { echo "bench-server $mode did not start" >&2; exit 1; }
+    addr=$(listening_addr "$tmp/out" 200 0.02) || { echo "bench-server $mode did not start" >&2; exit 1; }
     wrk -t1 -c32 -d1s "http://$addr/" >/dev/null
     before=$(cpu_ticks "$pid")
     requests=$(wrk -t1 -c32 -d"${seconds}s" "http://$addr/" | awk '/requests in/ {print $1}')

@@ -8,6 +8,7 @@
 #   bash bench/instructions.sh [seconds=6] [modes="axum plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 seconds=${1:-6}
 modes=${2:-"axum plain drain"}
 case $seconds in '' | *[!0-9]*) echo "seconds must be a whole number" >&2; exit 2 ;; esac
@@ -36,12 +37,7 @@ for spec in $modes; do
   out="$tmp/$n"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out.cg" "$server" "$mode" >"$out.out" 2>"$out.err" &
   pid=$!
-  for _ in $(seq 1 300); do
-    grep -q '^listening on ' "$out.out" && break
-    sleep 0.1
-  done
-  addr=$(sed -n 's/^listening on //p' "$out.out")
-  [ -n "$addr" ] || { echo "bench-server $spec did not start under valgrind" >&2; exit 1; }
+  addr=$(listening_addr "$out.out" 300 0.1) || { echo "bench-server $spec did not start under valgrind" >&2; exit 1; }
   callgrind_control --instr=on "$pid" >/dev/null 2>&1
   wrk -t1 -c8 -d"${seconds}s" "$scheme://$addr/" >"$out.wrk"
   kill -TERM "$pid"

@@ -11,6 +11,7 @@
 #   bash bench/throughput.sh [rounds=3] [seconds=5] [connections=32] [modes="plain drain"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-3}
 seconds=${2:-5}
 connections=${3:-32}
@@ -47,16 +48,8 @@ start() { # mode[@binary] -> sets pid and addr
   "${server_cpu[@]}" "$bin" "$mode" >"$tmp/server.out" 2>"$tmp/server.err" &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 1 200); do
-    if grep -q '^listening on ' "$tmp/server.out"; then
-      addr=$(sed -n 's/^listening on //p' "$tmp/server.out")
-      if [ "$haproxy" = 1 ]; then front "$addr"; fi
-      return 0
-    fi
-    sleep 0.02
-  done
-  echo "bench-server $1 did not start" >&2
-  exit 1
+  addr=$(listening_addr "$tmp/server.out" 200 0.02) || { echo "bench-server $1 did not start" >&2; exit 1; }
+  if [ "$haproxy" = 1 ]; then front "$addr"; fi
 }
 
 front() { # server address -> starts HAProxy in front of it, sets addr to HAProxy's

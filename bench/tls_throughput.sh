@@ -9,6 +9,7 @@
 #   bash bench/tls_throughput.sh [rounds=3] [seconds=5] [connections=32]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-3}
 seconds=${2:-5}
 connections=${3:-32}
@@ -35,17 +36,11 @@ if [ "${PIN:-0}" = 1 ]; then
 fi
 
 start() { # mode -> sets pid and addr
-  # Removed first: the child truncates its output file only once it runs, so a look before
-  # then would read the previous round's address.
   rm -f "$tmp/$1.out"
   "${server_cpu[@]}" "$bin" "$1" >"$tmp/$1.out" 2>"$tmp/$1.err" &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 1 200); do
-    addr=$(sed -n 's/^listening on //p' "$tmp/$1.out" 2>/dev/null || true)
-    [ -n "$addr" ] && return
-    sleep 0.02
-  done
+  addr=$(listening_addr "$tmp/$1.out" 200 0.02) && return
   echo "bench-server $1 did not start: $(cat "$tmp/$1.err")" >&2
   exit 1
 }
