@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -20,18 +19,20 @@ use tower_service::Service;
 
 use super::linger::Lingering;
 use super::timeouts::{Action, Close, Counters, Limits, Moment, Timeouts};
-use super::{Listener, Served, ServedBody, ServedService};
+use super::{Conn, Listener, Served, ServedBody, ServedService};
 use crate::http::body::Guarded;
-use crate::{Phase, WorkGuard};
+use crate::Phase;
 
 pub(super) async fn connection<L, S, B>(
     stream: L::Io,
-    peer: L::Addr,
-    guard: WorkGuard,
-    service: S,
-    builder: auto::Builder<TokioExecutor>,
+    Conn {
+        peer,
+        guard,
+        service,
+        builder,
+        arrival,
+    }: Conn<L, S>,
     served: Served,
-    arrival: Arrival,
 ) where
     L: Listener,
     S: ServedService<B>,

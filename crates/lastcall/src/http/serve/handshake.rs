@@ -3,14 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
-
 use super::connection::{connection, Arrival};
 use super::listener::sealed::Handshake;
 use super::timeouts::{DEADLINE_MARGIN, HEAD_GRACE};
-use super::{Listener, Served, ServedBody, ServedService};
-use crate::{Phase, Shutdown, WorkGuard};
+use super::{Conn, Listener, Served, ServedBody, ServedService};
+use crate::{Phase, Shutdown};
 
 /// Completes the connection's handshake, if it has one, then serves it.
 ///
@@ -22,12 +19,8 @@ use crate::{Phase, Shutdown, WorkGuard};
 /// without a request.
 pub(super) async fn handshake_then_serve<L, S, B>(
     accepted: L::Accepted,
-    peer: L::Addr,
-    guard: WorkGuard,
-    service: S,
-    builder: auto::Builder<TokioExecutor>,
+    conn: Conn<L, S>,
     served: Served,
-    arrival: Arrival,
 ) where
     L: Listener,
     S: ServedService<B>,
@@ -35,10 +28,11 @@ pub(super) async fn handshake_then_serve<L, S, B>(
 {
     let (handshake, timeout) = match L::handshake(accepted) {
         Handshake::Ready(io) => {
-            return connection::<L, S, B>(io, peer, guard, service, builder, served, arrival).await;
+            return connection::<L, S, B>(io, conn, served).await;
         }
         Handshake::Start { handshake, timeout } => (handshake, timeout),
     };
+    let peer = &conn.peer;
     let io = tokio::select! {
         biased;
         done = tokio::time::timeout(timeout, handshake) => match done {
@@ -52,7 +46,7 @@ pub(super) async fn handshake_then_serve<L, S, B>(
                 None
             }
         },
-        () = grace_ended(&served.shutdown, arrival) => {
+        () = grace_ended(&served.shutdown, conn.arrival) => {
             tracing::debug!(?peer, "handshake still incomplete after its grace; closing");
             None
         }
@@ -63,7 +57,7 @@ pub(super) async fn handshake_then_serve<L, S, B>(
         }
         return;
     };
-    connection::<L, S, B>(io, peer, guard, service, builder, served, arrival).await;
+    connection::<L, S, B>(io, conn, served).await;
 }
 
 /// Resolves when a handshake in progress has had its grace, the same as a request head half

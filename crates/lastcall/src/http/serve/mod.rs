@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::step::BoxError;
-use crate::{Phase, Shutdown, WorkKind};
+use crate::{Phase, Shutdown, WorkGuard, WorkKind};
 
 mod config;
 mod connection;
@@ -163,14 +163,15 @@ where
             };
             // Boxed: the future is large (more so over TLS), and tokio would copy it as the task
             // is spawned and again as it finishes.
-            connections.spawn(Box::pin(handshake_then_serve::<L, S, B>(
-                accepted,
+            let conn = Conn {
                 peer,
                 guard,
-                for_connection(&service),
-                builder.clone(),
-                served,
+                service: for_connection(&service),
+                builder: builder.clone(),
                 arrival,
+            };
+            connections.spawn(Box::pin(handshake_then_serve::<L, S, B>(
+                accepted, conn, served,
             )));
         };
     // Held while this loop may still hand connections out: a connection still in the
@@ -319,6 +320,18 @@ pub(super) trait ServedBody:
 }
 
 impl<B> ServedBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+/// One accepted connection, handed from the accept loop to its task.
+struct Conn<L: Listener, S> {
+    peer: L::Addr,
+    /// Tracks the connection as work, from its accept until its socket is closed.
+    guard: WorkGuard,
+    /// The connection's own copy of the service ([`for_connection`]).
+    service: S,
+    /// hyper's settings; keep-alive off for a connection taken from the backlog at the stop.
+    builder: auto::Builder<TokioExecutor>,
+    arrival: Arrival,
+}
 
 /// What every connection of one [`serve`] shares.
 struct Served {
