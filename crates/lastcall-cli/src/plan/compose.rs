@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use yaml_rust2::Yaml;
 
-use super::{
-    check_kill_deadline, check_shell, check_stop_signal, choose, scalar, secs, service_events,
-    Candidate, Checked, Event, Finding, KillDeadline, Refusal, Service, Severity, Var,
-};
+use super::checks::{check_kill_deadline, check_shell, check_stop_signal, KillDeadline};
+use super::choice::{choose, Candidate};
+use super::service::service_events;
+use super::value::{scalar, secs, split_quoted};
+use super::{Checked, Event, Finding, Refusal, Service, Severity, Var};
 use crate::flags::PlanArgs;
 
 /// Docker's grace when `stop_grace_period` is not set.
@@ -140,9 +141,7 @@ fn check_healthcheck(check: &Yaml, args: &PlanArgs, findings: &mut Vec<Finding>)
 fn words(value: &Yaml) -> Vec<String> {
     match value {
         Yaml::Array(items) => items.iter().filter_map(scalar).collect(),
-        other => scalar(other)
-            .map(|s| super::split_quoted(&s))
-            .unwrap_or_default(),
+        other => scalar(other).map(|s| split_quoted(&s)).unwrap_or_default(),
     }
 }
 

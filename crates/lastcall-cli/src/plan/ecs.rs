@@ -13,10 +13,11 @@ use std::time::Duration;
 use lastcall::Phase;
 use yaml_rust2::Yaml;
 
-use super::{
-    check_deregistration, check_kill_deadline, choose, scalar, secs, service_events, Candidate,
-    Checked, Event, Finding, KillDeadline, Refusal, Service, Severity, Var,
-};
+use super::checks::{check_deregistration, check_kill_deadline, KillDeadline};
+use super::choice::{choose, Candidate};
+use super::service::service_events;
+use super::value::{scalar, secs};
+use super::{Checked, Event, Finding, Refusal, Service, Severity, Var};
 use crate::flags::PlanArgs;
 
 /// The agent's `ECS_CONTAINER_STOP_TIMEOUT` default.

@@ -14,10 +14,10 @@ use std::time::Duration;
 use lastcall::Phase;
 use yaml_rust2::Yaml;
 
-use super::{
-    check_deregistration, check_kill_deadline, check_stop_signal, scalar, secs, service_events,
-    Checked, Event, Finding, KillDeadline, Refusal, Service, Severity,
-};
+use super::checks::{check_deregistration, check_kill_deadline, check_stop_signal, KillDeadline};
+use super::service::service_events;
+use super::value::{scalar, secs};
+use super::{Checked, Event, Finding, Refusal, Service, Severity};
 use crate::flags::PlanArgs;
 
 mod mesh;

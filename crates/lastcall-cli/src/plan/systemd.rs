@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use lastcall::Signal;
 
-use super::{
-    check_kill_deadline, check_stop_signal, secs, service_events, Checked, Event, Finding,
-    KillDeadline, Refusal, Service, Severity, Var,
-};
+use super::checks::{check_kill_deadline, check_stop_signal, signal_name, KillDeadline};
+use super::service::service_events;
+use super::value::{secs, split_quoted};
+use super::{Checked, Event, Finding, Refusal, Service, Severity, Var};
 use crate::flags::PlanArgs;
 
 /// systemd's `DefaultTimeoutStopSec`.
@@ -298,7 +298,7 @@ impl Unit {
             match key.as_str() {
                 "Environment" if value.is_empty() => vars.clear(),
                 "Environment" => {
-                    for word in super::split_quoted(value) {
+                    for word in split_quoted(value) {
                         if let Some((name, value)) = word.split_once('=') {
                             vars.push(Var {
                                 name: name.to_owned(),
@@ -335,7 +335,7 @@ fn timespan(text: &str) -> Result<Option<Duration>, ()> {
 
 /// Whether an `ExecReload=` command sends SIGHUP (`kill -HUP $MAINPID`, `kill -s HUP ...`).
 fn sends_hangup(command: &str) -> bool {
-    sent_by(command).is_some_and(|s| super::signal_name(&s) == "SIGHUP")
+    sent_by(command).is_some_and(|s| signal_name(&s) == "SIGHUP")
 }
 
 /// The signal a `kill` command sends (`kill -HUP $MAINPID`, `kill -s QUIT ...`, `kill PID`:

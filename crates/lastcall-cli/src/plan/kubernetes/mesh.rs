@@ -7,7 +7,8 @@ use std::time::Duration;
 use yaml_rust2::{Yaml, YamlLoader};
 
 use super::workload::{pre_stop, pre_stop_of};
-use crate::plan::{ceil_secs, scalar, secs, Event, Finding, Service, Severity};
+use crate::plan::value::{ceil_secs, scalar, secs};
+use crate::plan::{Event, Finding, Service, Severity};
 
 /// Istio's drain when `terminationDrainDuration` is not set.
 const ISTIO_DRAIN: Duration = Duration::from_secs(5);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use yaml_rust2::Yaml;
 
 use crate::flags::PlanArgs;
-use crate::plan::{scalar, secs, Finding, Service, Severity};
+use crate::plan::value::{scalar, secs};
+use crate::plan::{Finding, Service, Severity};
 
 /// How a probe asks.
 #[derive(Debug)]

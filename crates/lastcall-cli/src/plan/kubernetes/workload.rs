@@ -7,7 +7,9 @@ use std::time::Duration;
 use yaml_rust2::Yaml;
 
 use crate::flags::PlanArgs;
-use crate::plan::{choose, scalar, Candidate, Finding, Refusal, Severity, Var};
+use crate::plan::choice::{choose, Candidate};
+use crate::plan::value::scalar;
+use crate::plan::{Finding, Refusal, Severity, Var};
 
 /// The kinds whose pod template the plan reads (`Rollout` is Argo Rollouts').
 pub(super) const WORKLOADS: [&str; 6] = [
