@@ -24,7 +24,7 @@ use crate::{Budget, Controller, Signal};
 /// | `LASTCALL_SIGNALS` | [`Builder::signals`] | `SIGTERM,SIGINT` |
 /// | `LASTCALL_FORCE_EXIT` | [`Builder::force_exit`] | `never` |
 /// | `LASTCALL_REPORT_FILE` | [`Builder::report_file`] | none |
-/// | `LASTCALL_RESTART_SIGNAL` | `Builder::restart_signal` (feature `restart`) | `SIGHUP` |
+/// | `LASTCALL_RESTART_SIGNAL` | `Builder::restart_signal`, `Builder::without_restart_signal` (feature `restart`) | `SIGHUP` |
 /// | `LASTCALL_RESTART_TIMEOUT` | `Builder::restart_timeout` (feature `restart`) | `30s` |
 /// | `LASTCALL_PID_FILE` | `Builder::pid_file` (feature `restart`) | none |
 ///
@@ -62,7 +62,7 @@ pub struct Builder {
     allowed: Vec<String>,
     report_file: Option<std::path::PathBuf>,
     #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
-    restart_signal: Signal,
+    restart_signal: Option<Signal>,
     #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
     restart_timeout: Duration,
     #[cfg_attr(not(all(feature = "restart", unix)), allow(dead_code))]
@@ -92,7 +92,7 @@ impl Builder {
             env: EnvSource::Process,
             allowed: Vec::new(),
             report_file: None,
-            restart_signal: Signal::Hangup,
+            restart_signal: Some(Signal::Hangup),
             restart_timeout: Duration::from_secs(30),
             pid_file: None,
         }
@@ -158,11 +158,36 @@ impl Builder {
     }
 
     /// The signal that restarts the service (`LASTCALL_RESTART_SIGNAL`, default `SIGHUP`, the
-    /// convention of systemd's `ExecReload=` and `Type=notify-reload`). It must not be one of
-    /// [`Builder::signals`]. See [`restart`](crate::restart). Needs the `restart` feature.
+    /// convention of systemd's `ExecReload=` and `Type=notify-reload`; `SIGUSR2` is nginx's,
+    /// unicorn's and puma's). It must not be one of [`Builder::signals`]. See
+    /// [`restart`](crate::restart). Needs the `restart` feature.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lastcall::{Controller, Signal};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let controller = Controller::builder()
+    ///     .restart_signal(Signal::User2)
+    ///     .continue_after_run()
+    ///     .build()
+    ///     .expect("SIGUSR2 is not a shutdown signal");
+    /// # drop(controller); }
+    /// ```
     #[cfg(all(feature = "restart", unix))]
     pub fn restart_signal(mut self, signal: Signal) -> Builder {
-        self.restart_signal = signal;
+        self.restart_signal = Some(signal);
+        self.set(Setting::RestartSignal)
+    }
+
+    /// No signal restarts the service (`LASTCALL_RESTART_SIGNAL=off`): the restart signal keeps
+    /// its default action, or is left to the service's own handler (a `SIGHUP` that reloads a
+    /// configuration), and [`Controller::restarter`](crate::Controller::restarter) still
+    /// restarts from code. Needs the `restart` feature.
+    #[cfg(all(feature = "restart", unix))]
+    pub fn without_restart_signal(mut self) -> Builder {
+        self.restart_signal = None;
         self.set(Setting::RestartSignal)
     }
 
@@ -291,9 +316,9 @@ impl Builder {
             });
         }
         #[cfg(all(feature = "restart", unix))]
-        if self.signals.contains(&self.restart_signal) {
+        if let Some(restart) = self.restart_signal.filter(|s| self.signals.contains(s)) {
             return Err(ConfigError::RestartSignalConflict {
-                restart: self.restart_signal,
+                restart,
                 restart_origin: self.origin(Setting::RestartSignal),
                 signals: self.signals.clone(),
                 signals_origin: self.origin(Setting::Signals),
@@ -353,7 +378,7 @@ impl Builder {
                 &shared,
             )?;
             let _ = shared.signal_hook.set(state.clone());
-            listened.push(self.restart_signal);
+            listened.extend(self.restart_signal);
             state
         };
         let on_signal = {
@@ -491,12 +516,15 @@ impl Builder {
             }
             #[cfg(all(feature = "restart", unix))]
             Setting::RestartSignal => {
-                self.restart_signal = value.parse().map_err(|_| ConfigError::Invalid {
-                    setting,
-                    value: value.to_owned(),
-                    expected:
-                        "one of SIGHUP, SIGQUIT, SIGINT, SIGTERM (and not one of LASTCALL_SIGNALS)",
-                })?;
+                self.restart_signal = match value.trim().to_ascii_lowercase().as_str() {
+                    "off" | "none" => None,
+                    _ => Some(value.parse().map_err(|_| ConfigError::Invalid {
+                        setting,
+                        value: value.to_owned(),
+                        expected: "one of SIGHUP, SIGUSR2, SIGUSR1, SIGQUIT, SIGINT, SIGTERM \
+                                   (and not one of LASTCALL_SIGNALS), or off",
+                    })?),
+                };
             }
             #[cfg(all(feature = "restart", unix))]
             Setting::RestartTimeout => self.restart_timeout = duration(value)?,

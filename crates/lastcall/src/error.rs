@@ -174,7 +174,7 @@ pub enum ConfigError {
         budget_origin: Origin,
     },
     /// The set of signals is empty, so nothing but code could start the shutdown.
-    #[error("{} is empty; list at least one of SIGTERM, SIGINT, SIGHUP, SIGQUIT", Named(Setting::Signals, *origin))]
+    #[error("{} is empty; list at least one of SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2", Named(Setting::Signals, *origin))]
     NoSignals {
         /// Where the empty set came from.
         origin: Origin,

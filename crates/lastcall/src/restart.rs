@@ -182,7 +182,8 @@ pub enum RestartError {
 
 /// The restart settings the builder checked.
 pub(crate) struct Config {
-    pub(crate) signal: Signal,
+    /// `None`: restarts come only from code.
+    pub(crate) signal: Option<Signal>,
     pub(crate) timeout: Duration,
     pub(crate) pid_file: Option<PathBuf>,
 }
@@ -190,7 +191,7 @@ pub(crate) struct Config {
 /// One process's restart machinery, shared by the signal thread, [`Restarter`]s and the
 /// phase observer.
 pub(crate) struct State {
-    pub(crate) signal: Signal,
+    pub(crate) signal: Option<Signal>,
     timeout: Duration,
     exe: Result<PathBuf, String>,
     argv0: OsString,
@@ -493,7 +494,7 @@ pub(crate) fn register(
 impl SignalHook for State {
     /// The restart signal was delivered (on the signal thread): restart on the runtime.
     fn on_signal(self: Arc<Self>, shared: &Arc<Shared>, signal: Signal) -> bool {
-        if signal != self.signal {
+        if self.signal != Some(signal) {
             return false;
         }
         let shared = shared.clone();

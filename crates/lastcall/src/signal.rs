@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// assert_eq!("SIGHUP".parse::<Signal>(), Ok(Signal::Hangup));
 /// assert_eq!("int".parse::<Signal>(), Ok(Signal::Interrupt));
+/// assert_eq!("usr2".parse::<Signal>(), Ok(Signal::User2));
 /// assert_eq!(Signal::Terminate.to_string(), "SIGTERM");
 /// assert!("SIGKILL".parse::<Signal>().is_err());
 /// ```
@@ -36,6 +37,12 @@ pub enum Signal {
     /// `SIGQUIT`: Ctrl+\ in a terminal.
     #[serde(rename = "SIGQUIT")]
     Quit,
+    /// `SIGUSR1`: user-defined.
+    #[serde(rename = "SIGUSR1")]
+    User1,
+    /// `SIGUSR2`: user-defined; the restart signal of nginx's binary upgrade, unicorn and puma.
+    #[serde(rename = "SIGUSR2")]
+    User2,
 }
 
 /// The error returned when a string names no signal lastcall can listen for.
@@ -53,6 +60,8 @@ impl Signal {
             Signal::Terminate => "SIGTERM",
             Signal::Hangup => "SIGHUP",
             Signal::Quit => "SIGQUIT",
+            Signal::User1 => "SIGUSR1",
+            Signal::User2 => "SIGUSR2",
         }
     }
 
@@ -63,6 +72,8 @@ impl Signal {
             Signal::Interrupt => 2,
             Signal::Quit => 3,
             Signal::Terminate => 15,
+            Signal::User1 => 10,
+            Signal::User2 => 12,
         }
     }
 }
@@ -75,7 +86,7 @@ impl fmt::Display for Signal {
 
 impl fmt::Display for ParseSignalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("expected one of SIGTERM, SIGINT, SIGHUP, SIGQUIT")
+        f.write_str("expected one of SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2")
     }
 }
 
@@ -92,23 +103,43 @@ impl FromStr for Signal {
             "TERM" => Ok(Signal::Terminate),
             "HUP" => Ok(Signal::Hangup),
             "QUIT" => Ok(Signal::Quit),
+            "USR1" => Ok(Signal::User1),
+            "USR2" => Ok(Signal::User2),
             _ => Err(ParseSignalError(())),
         }
     }
 }
 
 impl Signal {
-    /// The signal with this Linux number, if lastcall can listen for it.
+    /// Every signal lastcall can listen for.
     #[cfg(unix)]
-    fn from_number(number: i32) -> Option<Signal> {
-        [
-            Signal::Hangup,
-            Signal::Interrupt,
-            Signal::Quit,
-            Signal::Terminate,
-        ]
-        .into_iter()
-        .find(|s| s.number() == number)
+    const ALL: [Signal; 6] = [
+        Signal::Hangup,
+        Signal::Interrupt,
+        Signal::Quit,
+        Signal::Terminate,
+        Signal::User1,
+        Signal::User2,
+    ];
+
+    /// The signal's number on this system, which is [`Signal::number`] on Linux; `SIGUSR1` and
+    /// `SIGUSR2` have other numbers on other unix systems.
+    #[cfg(unix)]
+    fn raw(self) -> i32 {
+        match self {
+            Signal::Hangup => libc::SIGHUP,
+            Signal::Interrupt => libc::SIGINT,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Terminate => libc::SIGTERM,
+            Signal::User1 => libc::SIGUSR1,
+            Signal::User2 => libc::SIGUSR2,
+        }
+    }
+
+    /// The signal with this number on this system, if lastcall can listen for it.
+    #[cfg(unix)]
+    fn from_raw(raw: i32) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.raw() == raw)
     }
 }
 
@@ -155,7 +186,7 @@ impl Listener {
 /// controller and running it is not lost.
 #[cfg(unix)]
 pub(crate) fn listen(signals: &[Signal], on_signal: OnSignal) -> Result<Listener, ListenError> {
-    let numbers: Vec<i32> = signals.iter().map(|s| s.number()).collect();
+    let numbers: Vec<i32> = signals.iter().map(|s| s.raw()).collect();
     // It fails only for the signals that cannot be handled (SIGKILL, SIGSEGV...), none of
     // which a `Signal` names; the first is named should the system refuse anyway.
     let mut delivered = signal_hook::iterator::Signals::new(&numbers)
@@ -166,7 +197,7 @@ pub(crate) fn listen(signals: &[Signal], on_signal: OnSignal) -> Result<Listener
         .spawn(move || {
             // Ends when the controller closes the handle.
             for number in delivered.forever() {
-                if let Some(signal) = Signal::from_number(number) {
+                if let Some(signal) = Signal::from_raw(number) {
                     on_signal(signal);
                 }
             }

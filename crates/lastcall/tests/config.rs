@@ -252,7 +252,7 @@ async fn the_restart_signal_cannot_also_stop_the_service() {
         ),
         "{err:?}"
     );
-    let err = build_with(&[("LASTCALL_RESTART_SIGNAL", "SIGUSR1")]).unwrap_err();
+    let err = build_with(&[("LASTCALL_RESTART_SIGNAL", "SIGKILL")]).unwrap_err();
     assert!(
         matches!(
             err,
@@ -263,6 +263,44 @@ async fn the_restart_signal_cannot_also_stop_the_service() {
         ),
         "{err:?}"
     );
+    assert!(
+        err.to_string().contains("or off"),
+        "the error names the way to turn it off: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_restart_signal_can_be_sigusr2_or_off() {
+    build_with(&[("LASTCALL_RESTART_SIGNAL", "SIGUSR2")]).expect("SIGUSR2 restarts");
+    // SIGUSR2 as a shutdown signal too is the same conflict as SIGHUP's.
+    let err = build_with(&[
+        ("LASTCALL_SIGNALS", "SIGTERM,SIGUSR2"),
+        ("LASTCALL_RESTART_SIGNAL", "usr2"),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::RestartSignalConflict {
+                restart: Signal::User2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Off: SIGHUP is free for the shutdown set (or the service's own handler).
+    build_with(&[
+        ("LASTCALL_SIGNALS", "SIGTERM,SIGHUP"),
+        ("LASTCALL_RESTART_SIGNAL", "off"),
+    ])
+    .expect("no restart signal, no conflict");
+    Controller::builder()
+        .ignore_env()
+        .signals([Signal::Terminate, Signal::Hangup])
+        .without_restart_signal()
+        .continue_after_run()
+        .build()
+        .expect("the same from code");
 }
 
 #[tokio::test]

@@ -145,8 +145,13 @@ impl Service {
     /// Restarts the serving generation: its successor's pid, once the old one has exited 0
     /// with a report that says `restart`.
     fn restart(&mut self) -> u32 {
+        self.restart_with(Signal::SIGHUP)
+    }
+
+    /// [`Service::restart`] by `signal`.
+    fn restart_with(&mut self, signal: Signal) -> u32 {
         let old = self.pid;
-        self.signal(old, Signal::SIGHUP);
+        self.signal(old, signal);
         let report = self.report(old);
         let status = self.reap(old);
         let TriggerCause::Restart { successor } = report.trigger else {
@@ -710,6 +715,44 @@ async fn a_restart_is_refused_before_ready_and_during_a_shutdown() {
         report.restarts_failed.is_empty(),
         "refusals are not failures"
     );
+}
+
+#[test]
+fn sigusr2_restarts_when_it_is_the_restart_signal_and_sighup_keeps_its_default_action() {
+    let mut service = Service::start("usr2", &[("LASTCALL_RESTART_SIGNAL", "SIGUSR2")]);
+    let first = service.pid;
+    let next = service.restart_with(Signal::SIGUSR2);
+    assert_ne!(next, first);
+    // SIGHUP is not lastcall's any more: its default action ends the process at once.
+    service.signal(next, Signal::SIGHUP);
+    assert_eq!(
+        service.reap(next),
+        128 + Signal::SIGHUP as i32,
+        "stderr:\n{}",
+        service.stderr()
+    );
+    let _ = std::fs::remove_dir_all(&service.dir);
+}
+
+#[test]
+fn with_the_restart_signal_off_sighup_starts_no_successor() {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let mut service = Service::start("off", &[("LASTCALL_RESTART_SIGNAL", "off")]);
+    service.signal(service.pid, Signal::SIGHUP);
+    let status = service.first.wait();
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGHUP as i32),
+        "ended by SIGHUP's default action: {status:?}, stderr:\n{}",
+        service.stderr()
+    );
+    assert!(
+        !service.stderr().contains("new process started"),
+        "{}",
+        service.stderr()
+    );
+    let _ = std::fs::remove_dir_all(&service.dir);
 }
 
 #[test]

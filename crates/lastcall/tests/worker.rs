@@ -382,10 +382,12 @@ async fn failures_retry_with_backoff_then_dead_letter<Q: Queue + Clone>(
         .enqueue(NewJob::new(b"doomed".to_vec()))
         .await
         .unwrap();
+    // The worker counts a dead letter once the queue has taken it: wait for both, or the
+    // count can be read between the two (seen on NATS, whose dead-letter call is the slowest).
     eventually(
         Duration::from_secs(15),
-        "the job to be dead-lettered",
-        || async { queue.dead().await.unwrap() == 1 },
+        "the job to be dead-lettered and counted",
+        || async { queue.dead().await.unwrap() == 1 && worker.stats().dead == 1 },
     )
     .await;
     assert_eq!(runs.load(Ordering::SeqCst), 3, "three attempts, no more");
