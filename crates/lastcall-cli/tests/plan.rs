@@ -780,6 +780,27 @@ fn a_reload_by_sighup_is_flagged_as_a_shutdown_or_a_kill() {
     let stopped = plan("unit-reload-trigger", &trigger, &[]);
     assert_eq!(stopped.code, Some(1), "{}", stopped.stdout);
     assert_says(&stopped.stdout, "error [reload] ExecReload=/bin/kill -HUP $MAINPID sends SIGHUP, which LASTCALL_SIGNALS SIGTERM,SIGHUP makes a shutdown trigger");
+    // Another restart signal, or none: the reload's SIGHUP kills the process.
+    let usr2 = with(
+        &reload,
+        "Environment=LASTCALL_BUDGET=25s",
+        "Environment=LASTCALL_BUDGET=25s LASTCALL_RESTART_SIGNAL=SIGUSR2",
+    );
+    let killed = plan("unit-reload-usr2", &usr2, &[]);
+    assert_eq!(killed.code, Some(1), "{}", killed.stdout);
+    assert_says(&killed.stdout, "error [reload] ExecReload=/bin/kill -HUP $MAINPID sends SIGHUP, but LASTCALL_RESTART_SIGNAL=SIGUSR2 makes SIGUSR2 the restart signal: SIGHUP's default action ends the process at once");
+    assert_says(
+        &killed.stdout,
+        "fix: make ExecReload send SIGUSR2 (/bin/kill -USR2 $MAINPID)",
+    );
+    let off = with(
+        &reload,
+        "Environment=LASTCALL_BUDGET=25s",
+        "Environment=LASTCALL_BUDGET=25s LASTCALL_RESTART_SIGNAL=off",
+    );
+    let killed = plan("unit-reload-off", &off, &[]);
+    assert_eq!(killed.code, Some(1), "{}", killed.stdout);
+    assert_says(&killed.stdout, "error [reload] ExecReload=/bin/kill -HUP $MAINPID sends SIGHUP, but LASTCALL_RESTART_SIGNAL=off leaves it unhandled");
 }
 
 // Amazon ECS.

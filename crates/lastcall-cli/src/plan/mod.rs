@@ -86,6 +86,9 @@ struct Var {
 struct Service {
     budget: Budget,
     signals: Vec<Signal>,
+    /// `LASTCALL_RESTART_SIGNAL` (`SIGHUP` unless set; `None`: `off`), for a service built with
+    /// the `restart` feature.
+    restart_signal: Option<Signal>,
     /// `LASTCALL_REPORT_FILE`, if set.
     report_file: Option<String>,
     /// The service refuses `LASTCALL_SIGNALS` (already a finding): no stop-signal rule then.

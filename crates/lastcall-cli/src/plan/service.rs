@@ -126,9 +126,17 @@ impl Service {
             })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| Signal::DEFAULT.to_vec());
+        // A value the builder refuses was reported above; the plan then assumes the default.
+        let restart_signal =
+            match get(Setting::RestartSignal).map(|v| v.trim().to_ascii_lowercase()) {
+                Some(v) if v == "off" || v == "none" => None,
+                Some(v) => Some(v.parse().unwrap_or(Signal::Hangup)),
+                None => Some(Signal::Hangup),
+            };
         Service {
             budget,
             signals,
+            restart_signal,
             report_file: get(Setting::ReportFile).map(str::to_owned),
             signals_refused,
             reserves,

@@ -206,6 +206,26 @@ pub(super) fn plan(text: &str, args: &PlanArgs) -> Result<Checked, Refusal> {
                 problem: format!("ExecReload={reload} sends SIGHUP, which LASTCALL_SIGNALS {} makes a shutdown trigger: systemctl reload stops the service", service.signal_list()),
                 fix: "remove SIGHUP from LASTCALL_SIGNALS, or remove ExecReload".into(),
             });
+        } else if service.restart_signal != Some(Signal::Hangup) {
+            let (setting, fix) = match service.restart_signal {
+                Some(signal) => (
+                    format!("LASTCALL_RESTART_SIGNAL={signal} makes {signal} the restart signal"),
+                    format!(
+                        "make ExecReload send {signal} (/bin/kill -{} $MAINPID), or set LASTCALL_RESTART_SIGNAL=SIGHUP",
+                        signal.as_str().trim_start_matches("SIG")
+                    ),
+                ),
+                None => (
+                    "LASTCALL_RESTART_SIGNAL=off leaves it unhandled".to_owned(),
+                    "remove LASTCALL_RESTART_SIGNAL=off, or remove ExecReload".to_owned(),
+                ),
+            };
+            findings.push(Finding {
+                severity: Severity::Error,
+                check: "reload",
+                problem: format!("ExecReload={reload} sends SIGHUP, but {setting}: SIGHUP's default action ends the process at once, without a drain"),
+                fix,
+            });
         } else {
             findings.push(Finding {
                 severity: Severity::Warning,
