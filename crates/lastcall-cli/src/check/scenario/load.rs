@@ -21,6 +21,35 @@ pub(super) struct Sample {
     pub(super) outcome: Outcome,
 }
 
+/// One paced load client: requests `path` every 5 ms, on one kept connection when `reuse` (a
+/// new one when the server closes it) or a new connection each time, records each request in
+/// `samples` and calls `sampled`, for as long as `more` allows.
+pub(super) async fn paced_client(
+    addr: std::net::SocketAddr,
+    path: &str,
+    reuse: bool,
+    samples: &Mutex<Vec<Sample>>,
+    mut more: impl FnMut() -> bool,
+    mut sampled: impl FnMut(),
+) {
+    let mut kept: Option<TcpStream> = None;
+    while more() {
+        let sent = Instant::now();
+        let (reused, outcome) = client::exchange(addr, path, &mut kept, reuse).await;
+        samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Sample {
+                sent,
+                reused,
+                outcome,
+            });
+        sampled();
+        // Paced requests, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// 11. A bounded stream of requests on new and reused connections, from the signal to the
 ///     exit: none fails while readiness still answers 200, and none is answered with a
 ///     server error (but 503) or, on a new connection, closed unanswered at any time.
@@ -58,22 +87,11 @@ pub(super) async fn load(spec: &Spec, service: &mut Service) -> Finding {
         // Half the workers keep one connection as long as the server lets them.
         let reuse = worker % 2 == 0;
         tasks.push(tokio::spawn(async move {
-            let mut kept: Option<TcpStream> = None;
-            while !stop.load(Ordering::Relaxed)
-                && count.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
-            {
-                let sent = Instant::now();
-                let (reused, outcome) = client::exchange(addr, &path, &mut kept, reuse).await;
-                samples
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(Sample {
-                        sent,
-                        reused,
-                        outcome,
-                    });
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let more = || {
+                !stop.load(Ordering::Relaxed)
+                    && count.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
+            };
+            paced_client(addr, &path, reuse, &samples, more, || {}).await;
         }));
     }
     let signalled = service.stop(spec).await;

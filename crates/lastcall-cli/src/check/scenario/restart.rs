@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::load::Sample;
+use super::load::{paced_client, Sample};
 use super::slow::{slow_request, SlowView};
 use super::{ms, patience, Finding};
 use crate::check::client::{self, Outcome};
@@ -623,25 +623,12 @@ impl Load {
                 (stop.clone(), count.clone(), samples.clone(), first.clone());
             let path = path.to_owned();
             tasks.push(tokio::spawn(async move {
-                let mut kept: Option<tokio::net::TcpStream> = None;
-                while !stop.load(Ordering::Relaxed)
-                    && Instant::now() < until
-                    && count.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
-                {
-                    let sent = Instant::now();
-                    let (reused, outcome) = client::exchange(addr, &path, &mut kept, reuse).await;
-                    samples
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(Sample {
-                            sent,
-                            reused,
-                            outcome,
-                        });
-                    first.notify_one();
-                    // Paced requests, not a synchronisation.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                let more = || {
+                    !stop.load(Ordering::Relaxed)
+                        && Instant::now() < until
+                        && count.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
+                };
+                paced_client(addr, &path, reuse, &samples, more, || first.notify_one()).await;
             }));
         }
         Load {
